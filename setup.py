@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="vista-llm",
+    version="0.1.0",
+    description=(
+        "Query-guided visual token pruning for video LLMs (LLaVA-OneVision, LLaVA-Video, "
+        "Qwen2.5-VL) with fused Triton kernels and a PyTorch reference."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vista", "vista.*", "vista_kernels", "vista_kernels.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "triton>=3.0",
+        "transformers>=5.0,<6",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-benchmark", "hypothesis", "numpy", "scipy", "av", "pillow", "matplotlib"],
+        "video": ["av", "pillow", "matplotlib"],
+        "flash": ["flash-attn"],
+    },
+    entry_points={"console_scripts": ["vista=vista.cli:main"]},
+)

@@ -1,0 +1,176 @@
+"""The whole Vista pruner for one video or a ragged batch of videos (PAPER §3, DESIGN.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+import vista_kernels as vk
+from vista_kernels._guard import check_scores, check_tokens
+
+from .budget import check_question, plan_budgets, retained_count
+from .config import VistaConfig
+from .select import select_tokens
+
+
+@dataclass
+class PrunedVideo:
+    """Result of pruning one video of T frames x N tokens x D dims down to M tokens.
+
+    tokens: (M, D) kept tokens after soft aggregation, in x's dtype, frames in time order and
+        tokens in raster order within a frame.
+    frame_index, token_index: (M,) int64 original (t, i) of every kept token.
+    budgets: (T,) int64 per-frame budgets (sum = M); segment_id: (T,) int64.
+    relevance: (S,) float32 softmax relevance of the S segments.
+    keep, foveal: (T, N) bool kept tokens and the scout's foveal subset.
+    assign: (T, N) int64 index of each token's anchor (kept tokens point to themselves).
+    """
+
+    tokens: torch.Tensor
+    frame_index: torch.Tensor
+    token_index: torch.Tensor
+    budgets: torch.Tensor
+    segment_id: torch.Tensor
+    relevance: torch.Tensor
+    keep: torch.Tensor
+    foveal: torch.Tensor
+    assign: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def _check_config(config) -> VistaConfig:
+    if config is None:
+        return VistaConfig()
+    if not isinstance(config, VistaConfig):
+        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
+    return config
+
+
+def prune_video(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scout_scores: Optional[torch.Tensor] = None,
+    config: Optional[VistaConfig] = None,
+) -> PrunedVideo:
+    """Prune one video's visual tokens to ``retained_count(T, N, config.retention)``.
+
+    Args:
+        x: (T, N, D) float32/float16/bfloat16 frame tokens (after the projector).
+        q: (D,) question embedding (mean of the question's input embeddings).
+        scout_scores: optional (T, N) float patch scores from the semantic scout on x's grid.
+        config: VistaConfig; ``retention=1.0`` returns every token unchanged.
+    Returns:
+        PrunedVideo.
+    """
+    return prune_videos([x], [q], None if scout_scores is None else [scout_scores], config)[0]
+
+
+def prune_videos(
+    xs: Sequence[torch.Tensor],
+    qs: Sequence[torch.Tensor],
+    scout_scores: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    config: Optional[VistaConfig] = None,
+) -> List[PrunedVideo]:
+    """Prune several videos at once (ragged: different T and N, same D and device).
+
+    Budgets are planned per video; the per-frame selection and aggregation run once over all
+    frames of all videos (padded to the largest N with a ``valid`` mask), so the result equals
+    pruning each video alone.
+    """
+    config = _check_config(config)
+    if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):
+        raise TypeError("xs must be a list of (T, N, D) tensors")
+    if not isinstance(qs, (list, tuple)) or len(qs) != len(xs):
+        raise ValueError(f"qs must be a list with one (D,) tensor per video ({len(xs)}), got {type(qs).__name__}")
+    if len(xs) == 0:
+        raise ValueError("xs is empty: pass at least one video")
+    if scout_scores is None:
+        scout_scores = [None] * len(xs)
+    if not isinstance(scout_scores, (list, tuple)) or len(scout_scores) != len(xs):
+        raise ValueError(f"scout_scores must be None or a list with one entry per video ({len(xs)})")
+    plans = []
+    for b, (x, q, s) in enumerate(zip(xs, qs, scout_scores)):
+        name = "x" if len(xs) == 1 else f"xs[{b}]"
+        x = check_tokens(x, name)
+        if x.shape[0] < 1:
+            raise ValueError(f"{name} is an empty video: expected T >= 1 frames, got shape {tuple(x.shape)}")
+        if x.shape[-1] != xs[0].shape[-1] or x.device != xs[0].device:
+            raise ValueError(f"{name} must share D and device with xs[0] to be pruned in one batch")
+        check_question(q, x)
+        if s is not None:
+            check_scores(s, x, "scout_scores" if len(xs) == 1 else f"scout_scores[{b}]")
+        plans.append(plan_budgets(x, q, config.retention, config))
+
+    device = xs[0].device
+    Ns = [int(x.shape[1]) for x in xs]
+    Ts = [int(x.shape[0]) for x in xs]
+    N = max(Ns)
+    all_kept = all(int(p.budgets.sum()) == T * n for p, T, n in zip(plans, Ts, Ns))
+    if all_kept:  # retention 1.0 (or budgets covering everything): an exact no-op
+        results = []
+        for x, p in zip(xs, plans):
+            T, n, _ = x.shape
+            keep = torch.ones(T, n, dtype=torch.bool, device=device)
+            results.append(_assemble(x, keep, torch.zeros_like(keep), torch.arange(n, device=device).expand(T, n).clone(), p))
+        return results
+
+    if len(xs) == 1:
+        X, valid = xs[0], None
+        S = scout_scores[0]
+    else:
+        D = xs[0].shape[-1]
+        dtype = xs[0].dtype
+        X = torch.zeros(sum(Ts), N, D, dtype=dtype, device=device)
+        valid = torch.zeros(sum(Ts), N, dtype=torch.bool, device=device)
+        t0 = 0
+        for x, T, n in zip(xs, Ts, Ns):
+            X[t0 : t0 + T, :n] = x.to(dtype)
+            valid[t0 : t0 + T, :n] = True
+            t0 += T
+        S = None
+        if any(s is not None for s in scout_scores):
+            S = torch.full((sum(Ts), N), 0.0, dtype=torch.float32, device=device)
+            t0 = 0
+            for s, T, n in zip(scout_scores, Ts, Ns):
+                if s is not None:
+                    S[t0 : t0 + T, :n] = s.float()
+                t0 += T
+    budgets = torch.cat([p.budgets for p in plans])
+    has_scout = torch.cat(
+        [torch.full((T,), s is not None, dtype=torch.bool, device=device) for s, T in zip(scout_scores, Ts)]
+    )
+    keep, foveal = select_tokens(
+        X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=config.backend,
+        has_scout=has_scout,
+    )
+    x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
+
+    results = []
+    t0 = 0
+    for x, p, T, n in zip(xs, plans, Ts, Ns):
+        sl = slice(t0, t0 + T)
+        results.append(_assemble(x_out[sl, :n], keep[sl, :n], foveal[sl, :n], assign[sl, :n], p))
+        t0 += T
+    return results
+
+
+def _assemble(x_out, keep, foveal, assign, plan) -> PrunedVideo:
+    frame_index, token_index = torch.nonzero(keep, as_tuple=True)  # row-major: time, then raster
+    return PrunedVideo(
+        tokens=x_out[keep],
+        frame_index=frame_index,
+        token_index=token_index,
+        budgets=plan.budgets,
+        segment_id=plan.segment_id,
+        relevance=plan.relevance,
+        keep=keep,
+        foveal=foveal,
+        assign=assign,
+    )
+
+
+__all__ = ["PrunedVideo", "prune_video", "prune_videos", "retained_count"]

@@ -1,0 +1,120 @@
+"""Input guards shared by every op (reference and Triton alike).
+
+Each public op validates its arguments here before any math runs, so a malformed call fails with a
+``ValueError``/``TypeError`` naming the argument instead of an ``IndexError`` deep inside a kernel.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_tokens(x, name: str = "x", finite: bool = True) -> torch.Tensor:
+    """``x`` must be a (F, N, D) float32/float16/bfloat16 tensor with N, D >= 1 and finite values."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (F, N, D), got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape (F, N, D) (3 dims), got shape {tuple(x.shape)}")
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"{name} must have N >= 1 tokens and D >= 1 dims, got shape {tuple(x.shape)}")
+    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
+def check_mask(mask, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``mask`` must be a (F, N) bool tensor on x's device."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of dtype bool and shape (F, N), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must have dtype torch.bool, got {mask.dtype}")
+    if tuple(mask.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name} must have shape (F, N) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+    if mask.device != x.device:
+        raise ValueError(f"{name} is on {mask.device} but x is on {x.device}; put both on the same device")
+    return mask
+
+
+def check_valid(valid, x: torch.Tensor) -> torch.Tensor:
+    """Return a (F, N) bool mask: ``valid`` checked, or all-True when None."""
+    if valid is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return check_mask(valid, x, "valid")
+
+
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int >= 1, got {k!r}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (number of nearest neighbours), got {k}")
+    return k
+
+
+def check_alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a float in [0, 1], got {alpha!r}")
+    alpha = float(alpha)
+    if not (0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def check_rho(rho, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(rho, torch.Tensor):
+        raise TypeError(f"rho must be a torch.Tensor of shape (F, N), got {type(rho).__name__}")
+    if not rho.is_floating_point():
+        raise TypeError(f"rho must be a floating tensor, got dtype {rho.dtype}")
+    if tuple(rho.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"rho must have shape (F, N) = {tuple(x.shape[:2])}, got {tuple(rho.shape)}")
+    if rho.device != x.device:
+        raise ValueError(f"rho is on {rho.device} but x is on {x.device}; put both on the same device")
+    if rho.numel() and not bool(torch.isfinite(rho).all()):
+        raise ValueError("rho contains NaN or inf values")
+    return rho
+
+
+def check_k_keep(k_keep, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``k_keep``: an int or an integer tensor (F,), each 0 <= k_keep[f] <= valid tokens of frame f."""
+    F = x.shape[0]
+    if isinstance(k_keep, bool):
+        raise TypeError("k_keep must be an int or an integer tensor of shape (F,), got a bool")
+    if isinstance(k_keep, int):
+        k_keep = torch.full((F,), k_keep, dtype=torch.int64, device=x.device)
+    elif isinstance(k_keep, torch.Tensor):
+        if k_keep.dtype.is_floating_point or k_keep.dtype == torch.bool or k_keep.is_complex():
+            raise TypeError(f"k_keep must be an integer tensor, got dtype {k_keep.dtype}")
+        if k_keep.dim() == 0:
+            k_keep = k_keep.reshape(1).expand(F)
+        if tuple(k_keep.shape) != (F,):
+            raise ValueError(f"k_keep must have shape (F,) = ({F},), got {tuple(k_keep.shape)}")
+        if k_keep.device != x.device:
+            raise ValueError(f"k_keep is on {k_keep.device} but x is on {x.device}; put both on the same device")
+        k_keep = k_keep.to(torch.int64)
+    else:
+        raise TypeError(f"k_keep must be an int or an integer tensor of shape (F,), got {type(k_keep).__name__}")
+    if F and bool((k_keep < 0).any()):
+        raise ValueError(f"k_keep must be >= 0, got min {int(k_keep.min())}")
+    n_valid = valid.sum(1)
+    if F and bool((k_keep > n_valid).any()):
+        f = int(torch.nonzero(k_keep > n_valid)[0, 0])
+        raise ValueError(
+            f"k_keep[{f}] = {int(k_keep[f])} is larger than the {int(n_valid[f])} valid tokens of frame {f}"
+        )
+    return k_keep
+
+
+def check_scores(scores, x: torch.Tensor, name: str = "scout_scores") -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (T, N), got {type(scores).__name__}")
+    if not scores.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {scores.dtype}")
+    if tuple(scores.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name} must have shape (T, N) = {tuple(x.shape[:2])}, got {tuple(scores.shape)}")
+    if scores.device != x.device:
+        raise ValueError(f"{name} is on {scores.device} but x is on {x.device}; put both on the same device")
+    if scores.numel() and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return scores

@@ -1,0 +1,1 @@
+TRITON_OPS = {}

@@ -1,0 +1,33 @@
+"""Reference: cosine similarity of consecutive frame means (segmentation signal, PAPER eq. 1-2)."""
+from __future__ import annotations
+
+import torch
+
+from .._guard import check_tokens, check_valid
+
+_EPS = 1e-12
+
+
+def frame_means_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(F, D) fp32 mean of each frame's valid tokens (a frame with none gives a zero vector)."""
+    x = check_tokens(x)
+    valid = check_valid(valid, x)
+    w = valid.to(torch.float32)
+    s = torch.einsum("fnd,fn->fd", x.float(), w)
+    return s / w.sum(1, keepdim=True).clamp(min=1.0)
+
+
+def frame_cosine_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """cos(mean x[t], mean x[t+1]) for t = 0..F-2.
+
+    Args:
+        x: (F, N, D) float32/float16/bfloat16 tokens.
+        valid: optional (F, N) bool mask; means are over valid tokens only.
+    Returns:
+        (F-1,) float32 (empty for a single frame). A zero-norm mean gives cosine 0.
+    """
+    f = frame_means_torch(x, valid)
+    a, b = f[:-1], f[1:]
+    dot = (a * b).sum(-1)
+    den = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=_EPS)
+    return dot / den
