@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import vista_kernels as vk
-from vista_kernels._guard import check_tokens, check_valid
+from vista_kernels._guard import all_finite, check_tokens, check_valid
 
 from .config import VistaConfig, check_retention
 
@@ -37,7 +37,7 @@ def check_question(q, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"q must have shape (D,) = ({x.shape[-1]},) to match x, got {tuple(q.shape)}")
     if q.device != x.device:
         raise ValueError(f"q is on {q.device} but x is on {x.device}; put both on the same device")
-    if not bool(torch.isfinite(q).all()):
+    if not all_finite(q):
         raise ValueError("q contains NaN or inf values")
     return q
 

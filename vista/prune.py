@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 import torch
 
 import vista_kernels as vk
-from vista_kernels._guard import check_scores, check_tokens
+from vista_kernels._guard import check_scores, check_tokens, trusted_inputs
 
 from .budget import check_question, plan_budgets, retained_count
 from .config import VistaConfig
@@ -103,7 +103,8 @@ def prune_videos(
         check_question(q, x)
         if s is not None:
             check_scores(s, x, "scout_scores" if len(xs) == 1 else f"scout_scores[{b}]")
-        plans.append(plan_budgets(x, q, config.retention, config))
+        with trusted_inputs():
+            plans.append(plan_budgets(x, q, config.retention, config))
 
     device = xs[0].device
     Ns = [int(x.shape[1]) for x in xs]
@@ -143,11 +144,12 @@ def prune_videos(
     has_scout = torch.cat(
         [torch.full((T,), s is not None, dtype=torch.bool, device=device) for s, T in zip(scout_scores, Ts)]
     )
-    keep, foveal = select_tokens(
-        X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=config.backend,
-        has_scout=has_scout,
-    )
-    x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
+    with trusted_inputs():
+        keep, foveal = select_tokens(
+            X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=config.backend,
+            has_scout=has_scout,
+        )
+        x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
 
     results = []
     t0 = 0

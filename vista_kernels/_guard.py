@@ -5,7 +5,33 @@ Each public op validates its arguments here before any math runs, so a malformed
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import torch
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def trusted_inputs():
+    """Within this block the (F, N, D) token tensors were already scanned for NaN/inf by the caller
+    (e.g. prune_videos), so nested ops skip that full pass over x. Shape/dtype checks still run."""
+    prev = getattr(_STATE, "trusted", False)
+    _STATE.trusted = True
+    try:
+        yield
+    finally:
+        _STATE.trusted = prev
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when ``t`` holds no NaN/inf (one aminmax pass: NaN and inf propagate to min/max)."""
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -20,7 +46,7 @@ def check_tokens(x, name: str = "x", finite: bool = True) -> torch.Tensor:
         raise ValueError(f"{name} must have shape (F, N, D) (3 dims), got shape {tuple(x.shape)}")
     if x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"{name} must have N >= 1 tokens and D >= 1 dims, got shape {tuple(x.shape)}")
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+    if finite and not getattr(_STATE, "trusted", False) and not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf values")
     return x
 
@@ -71,7 +97,7 @@ def check_rho(rho, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rho must have shape (F, N) = {tuple(x.shape[:2])}, got {tuple(rho.shape)}")
     if rho.device != x.device:
         raise ValueError(f"rho is on {rho.device} but x is on {x.device}; put both on the same device")
-    if rho.numel() and not bool(torch.isfinite(rho).all()):
+    if not all_finite(rho):
         raise ValueError("rho contains NaN or inf values")
     return rho
 
@@ -115,6 +141,6 @@ def check_scores(scores, x: torch.Tensor, name: str = "scout_scores") -> torch.T
         raise ValueError(f"{name} must have shape (T, N) = {tuple(x.shape[:2])}, got {tuple(scores.shape)}")
     if scores.device != x.device:
         raise ValueError(f"{name} is on {scores.device} but x is on {x.device}; put both on the same device")
-    if scores.numel() and not bool(torch.isfinite(scores).all()):
+    if not all_finite(scores):
         raise ValueError(f"{name} contains NaN or inf values")
     return scores

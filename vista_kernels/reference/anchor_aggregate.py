@@ -6,7 +6,7 @@ import math
 import torch
 
 from .._guard import check_alpha, check_mask, check_tokens, check_valid
-from ._common import frame_chunks, pairwise_sqdist
+from ._common import frame_chunks
 
 
 def anchor_aggregate_torch(
@@ -37,27 +37,39 @@ def anchor_aggregate_torch(
         f = int(torch.nonzero(lonely)[0, 0])
         raise ValueError(f"keep has no kept token in frame {f}, which has valid tokens to aggregate")
     F, N, _ = x.shape
-    idx = torch.arange(N, device=x.device)
-    assign = torch.full((F, N), -1, dtype=torch.int64, device=x.device)
     out = x.clone()
+    assign = torch.full((F, N), -1, dtype=torch.int64, device=x.device)
+    if F == 0:
+        return out, assign
+    n_keep = keep.sum(1)
+    K = max(1, int(n_keep.max()))
+    # kept_idx[f, :n_keep[f]] = kept token indices of frame f in ascending order (stable sort).
+    kept_idx = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :K]
+    kept_ok = torch.arange(K, device=x.device)[None, :] < n_keep[:, None]  # (F, K)
     dropped = valid & ~keep
-    for sl in frame_chunks(F, N):
-        d2 = pairwise_sqdist(x[sl])
-        d2.masked_fill_(~keep[sl][:, None, :], math.inf)
-        a = d2.argmin(-1)  # first minimum -> lower index on ties
+    idx = torch.arange(N, device=x.device)
+    for sl in frame_chunks(F, max(N, K)):
+        xs = x[sl].float()
+        xk = torch.gather(xs, 1, kept_idx[sl, :, None].expand(-1, -1, xs.shape[-1]))  # (f, K, D)
+        # d2 to the kept tokens only (same Gram formula as pairwise_sqdist, K columns instead of N)
+        d2 = torch.bmm(xs, xk.transpose(1, 2))
+        sq = xs.square().sum(-1)
+        d2.mul_(-2.0).add_(sq[:, :, None]).add_(torch.gather(sq, 1, kept_idx[sl])[:, None, :])
+        d2.clamp_(min=0.0).masked_fill_(~kept_ok[sl][:, None, :], math.inf)
+        nearest = torch.gather(kept_idx[sl], 1, d2.argmin(-1))  # first minimum -> lower index
         del d2
-        a = torch.where(keep[sl], idx[None, :], a)
-        a = a.masked_fill(~valid[sl], -1)
+        a = torch.where(keep[sl], idx[None, :], nearest).masked_fill(~valid[sl], -1)
         assign[sl] = a
-        # members[f, anchor, j] = 1 when dropped token j joins anchor (fixed-order fp32 sum via bmm)
-        members = ((a[:, None, :] == idx[None, :, None]) & dropped[sl][:, None, :]).float()
-        sums = torch.bmm(members, x[sl].float())
-        cnt = members.sum(-1)
+        # members[f, r, j] = 1 when dropped token j joins the r-th kept token: a fixed-order fp32
+        # sum through bmm (deterministic on CPU and CUDA, no atomics).
+        members = ((a[:, None, :] == kept_idx[sl][:, :, None]) & dropped[sl][:, None, :]).float()
+        sums = torch.bmm(members, xs)  # (f, K, D)
+        cnt = members.sum(-1)  # (f, K)
         del members
-        upd = keep[sl] & (cnt > 0)
+        upd = kept_ok[sl] & (cnt > 0)
         if bool(upd.any()):
-            mean = sums / cnt.clamp(min=1.0)[..., None]
-            blended = (1.0 - alpha) * x[sl].float() + alpha * mean
+            blended = (1.0 - alpha) * xk + alpha * (sums / cnt.clamp(min=1.0)[..., None])
+            fi, ri = torch.nonzero(upd, as_tuple=True)
             o = out[sl]
-            o[upd] = blended[upd].to(x.dtype)
+            o[fi, kept_idx[sl][fi, ri]] = blended[fi, ri].to(x.dtype)
     return out, assign
