@@ -20,7 +20,11 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark", "hypothesis", "numpy", "scipy", "av", "pillow", "matplotlib"],
+        "test": [
+            "pytest>=8", "pytest-benchmark", "hypothesis", "numpy", "scipy", "av", "pillow", "matplotlib",
+            "pyarrow",
+        ],
+        "eval": ["pyarrow", "av", "pillow"],
         "video": ["av", "pillow", "matplotlib"],
         "flash": ["flash-attn"],
     },

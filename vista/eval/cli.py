@@ -1,0 +1,153 @@
+"""``vista eval``: retention sweeps over local copies of Video-MME, MLVU, LongVideoBench, MVBench.
+
+Wire-up (in vista/cli.py)::
+
+    from vista.eval.cli import add_eval_parser
+    add_eval_parser(sub)          # sets func=cmd_eval on the "eval" sub-command
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .readers import BENCHMARKS
+
+DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10)
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="accuracy / FLOPs / latency sweep over retention ratios on local benchmark files",
+        description=(
+            "Evaluate a Video-LLM with Vista pruning on multiple-choice video benchmarks read from local "
+            "files, one pass per retention ratio. Every answered question is cached in a JSONL file, so an "
+            "interrupted run resumes where it stopped. Writes results.json and results.md to --out."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model directory (transformers format)")
+    p.add_argument("--bench", nargs="+", required=True, metavar="NAME",
+                   help=f"benchmark(s): {', '.join(BENCHMARKS)}")
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                   help="benchmark folder(s), one per --bench, in the published layout "
+                        "(for jsonl: the .jsonl file or its folder)")
+    p.add_argument("--annotation", nargs="+", default=None, metavar="FILE",
+                   help="annotation file(s), one per --bench, overriding the default file in --data")
+    p.add_argument("--video-dir", nargs="+", default=None, metavar="DIR",
+                   help="video folder(s), one per --bench, overriding the default folder in --data")
+    p.add_argument("--retention", nargs="+", type=float, default=list(DEFAULT_RETENTIONS), metavar="R",
+                   help="retention ratios in (0, 1] (default: 1.0 0.25 0.15 0.10); include 1.0 for relative accuracy")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of each benchmark")
+    p.add_argument("--scout", default=None, metavar="PATH", help="semantic scout (BLIP-2 ITM) directory")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="model dtype")
+    p.add_argument("--num-frames", type=int, default=64, help="frames sampled per video (default: 64, the paper's)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length (default: 16)")
+    p.add_argument("--prompt-style", default="auto", choices=["auto", "llava", "qwen"],
+                   help="prompt template; auto picks from the model's config")
+    p.add_argument("--out", default="eval_results", metavar="DIR", help="output folder (default: eval_results)")
+    p.add_argument("--cache", default=None, metavar="FILE",
+                   help="per-question results cache (default: OUT/cache.jsonl)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first question whose model call fails")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def _per_bench(values, n: int, flag: str):
+    if values is None:
+        return [None] * n
+    if len(values) != n:
+        raise SystemExit(f"vista eval: error: {flag} takes one value per --bench ({n}), got {len(values)}")
+    return list(values)
+
+
+def _detect_style(model_path: str) -> str:
+    from .prompt import prompt_style_for
+
+    cfg = Path(model_path) / "config.json"
+    if cfg.is_file():
+        import json
+
+        try:
+            return prompt_style_for(json.loads(cfg.read_text(encoding="utf-8")).get("model_type"))
+        except (ValueError, AttributeError):
+            pass
+    return prompt_style_for(str(model_path))
+
+
+def cmd_eval(args, answer_factory=None) -> int:
+    """Run the sweep described by ``args``; ``answer_factory`` replaces the real model (tests)."""
+    from .readers import load_benchmark
+    from .runner import check_retentions, pipeline_answer_factory, render_markdown, run_sweep, write_outputs
+
+    n = len(args.bench)
+    if len(args.data) != n:
+        raise SystemExit(f"vista eval: error: --data takes one folder per --bench ({n}), got {len(args.data)}")
+    anns = _per_bench(args.annotation, n, "--annotation")
+    vdirs = _per_bench(args.video_dir, n, "--video-dir")
+    try:
+        retentions = check_retentions(args.retention)
+    except ValueError as e:
+        raise SystemExit(f"vista eval: error: --{e}") from None
+    if args.limit is not None and args.limit < 1:
+        raise SystemExit(f"vista eval: error: --limit must be >= 1, got {args.limit}")
+    if args.num_frames < 1:
+        raise SystemExit(f"vista eval: error: --num-frames must be >= 1, got {args.num_frames}")
+    if args.max_new_tokens < 1:
+        raise SystemExit(f"vista eval: error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if answer_factory is None and not Path(args.model).exists():
+        raise SystemExit(f"vista eval: error: --model {args.model} does not exist")
+    if args.scout is not None and not Path(args.scout).exists():
+        raise SystemExit(f"vista eval: error: --scout {args.scout} does not exist")
+
+    benches = []
+    for name, data, ann, vdir in zip(args.bench, args.data, anns, vdirs):
+        try:
+            b = load_benchmark(name, data, annotation=ann, video_dir=vdir, limit=args.limit)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"vista eval: error: {name}: {e}") from None
+        print(f"{b.title}: {len(b.samples)} questions"
+              + (f", {len(b.missing)} skipped (video not found)" if b.missing else "")
+              + (f", {len(b.invalid)} invalid annotations skipped" if b.invalid else ""), file=sys.stderr)
+        benches.append(b)
+    if not any(b.samples for b in benches):
+        raise SystemExit("vista eval: error: no question has its video; check --data / --video-dir")
+
+    style = args.prompt_style if args.prompt_style != "auto" else _detect_style(args.model)
+    if answer_factory is None:
+        answer_factory = pipeline_answer_factory(args.model, scout_path=args.scout, device=args.device,
+                                                 dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                                                 num_frames=args.num_frames)
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out / "cache.jsonl"
+    meta = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model),
+            "scout": str(Path(args.scout).resolve()) if args.scout else None,
+            "max_new_tokens": args.max_new_tokens, "num_frames": args.num_frames, "device": args.device,
+            "dtype": args.dtype}
+    try:
+        result = run_sweep(benches, retentions, answer_factory, cache, prompt_style=style, meta=meta,
+                           progress=not args.no_progress, fail_fast=args.fail_fast)
+    except ValueError as e:
+        if str(e).startswith("cache:"):
+            raise SystemExit(f"vista eval: error: {e}") from None
+        raise
+    summary = result.summary()
+    jp, mp = write_outputs(summary, out)
+    print(render_markdown(summary))
+    print(f"wrote {jp} and {mp} ({result.computed} answered now, cache {cache})", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Stand-alone entry (``python -m vista.eval.cli ...``) until ``vista eval`` is wired in."""
+    parser = argparse.ArgumentParser(prog="vista")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_eval_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
