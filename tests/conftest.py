@@ -22,3 +22,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# Tiny tensors everywhere: one intra-op thread avoids OpenMP spin/contention overheads that made
+# small ops 10-25x slower on the 2-core CI machine.
+torch.set_num_threads(1)

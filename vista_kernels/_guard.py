@@ -44,6 +44,8 @@ def check_tokens(x, name: str = "x", finite: bool = True) -> torch.Tensor:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got dtype {x.dtype}")
     if x.dim() != 3:
         raise ValueError(f"{name} must have shape (F, N, D) (3 dims), got shape {tuple(x.shape)}")
+    if x.is_meta:
+        raise ValueError(f"{name} is on the meta device; pass a tensor with data (CPU or CUDA)")
     if x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"{name} must have N >= 1 tokens and D >= 1 dims, got shape {tuple(x.shape)}")
     if finite and not getattr(_STATE, "trusted", False) and not all_finite(x):

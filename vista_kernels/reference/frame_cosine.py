@@ -24,10 +24,10 @@ def frame_cosine_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> to
         x: (F, N, D) float32/float16/bfloat16 tokens.
         valid: optional (F, N) bool mask; means are over valid tokens only.
     Returns:
-        (F-1,) float32 (empty for a single frame). A zero-norm mean gives cosine 0.
+        (F-1,) float32 (empty for a single frame). Each norm is clamped at 1e-12, so a zero mean gives cosine 0.
     """
     f = frame_means_torch(x, valid)
     a, b = f[:-1], f[1:]
     dot = (a * b).sum(-1)
-    den = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=_EPS)
+    den = a.norm(dim=-1).clamp(min=_EPS) * b.norm(dim=-1).clamp(min=_EPS)
     return dot / den

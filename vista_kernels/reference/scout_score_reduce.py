@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .._guard import all_finite
+
 
 def scout_score_reduce_torch(attn: torch.Tensor) -> torch.Tensor:
     """s[b, p] = sum_queries max_heads attn[b, h, q, p].
@@ -20,4 +22,6 @@ def scout_score_reduce_torch(attn: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"attn must have shape (B, heads, queries, patches), got shape {tuple(attn.shape)}")
     if min(attn.shape[1:]) < 1:
         raise ValueError(f"attn needs at least one head, query and patch, got shape {tuple(attn.shape)}")
+    if not all_finite(attn):
+        raise ValueError("attn contains NaN or inf values")
     return attn.float().amax(1).sum(1)
