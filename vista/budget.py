@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import vista_kernels as vk
+from vista_kernels.reference.frame_cosine import cosine_of_means
 from vista_kernels._guard import all_finite, check_tokens, check_valid
 
 from .config import VistaConfig, check_retention
@@ -64,8 +65,9 @@ def allocate_budgets(
     """Integer per-frame budgets (T,) in [1, N] that sum to ``total`` (eq. 5).
 
     Each segment m gets |S_m|·b_min + alpha_m·(total − T·b_min), split evenly over its frames;
-    remainders by largest remainder (ties to the earlier frame); any excess above N goes to frames
-    with room in proportion to their per-frame bonus weight alpha_m / |S_m|.
+    any real share above N is capped and its excess handed to frames with room in proportion to
+    their per-frame bonus weight alpha_m / |S_m| (water-filling, repeated until no share exceeds
+    N); then one largest-remainder pass (ties to the earlier frame) makes the integers.
     """
     if not (T <= total <= T * N):
         raise ValueError(f"total budget must be in [T, T*N] = [{T}, {T * N}], got {total}")
@@ -76,8 +78,25 @@ def allocate_budgets(
     sizes = torch.bincount(seg, minlength=a.shape[0]).double()
     w = a[seg] / sizes[seg]  # per-frame bonus weight
     shares = b_min + w * (total - T * b_min)
+    # Water-fill in real numbers first: cap shares at N and hand the excess to frames with room in
+    # proportion to w (equally if none of them has weight); repeat until nothing is above N.
+    capped = torch.zeros(T, dtype=torch.bool)
+    for _ in range(T + 1):
+        over = shares > N
+        if not bool(over.any()):
+            break
+        excess = float((shares[over] - N).sum())
+        shares[over] = float(N)
+        capped |= over
+        if bool(capped.all()):  # every frame at N: the total is T*N
+            break
+        ww = torch.where(capped, torch.zeros_like(w), w)
+        if float(ww.sum()) <= 0:
+            ww = (~capped).double()
+        shares = shares + excess * ww / ww.sum()
+    # One largest-remainder pass turns the real shares into integers with the exact sum.
     budgets = _largest_remainder(shares, total)
-    # Overflow above N goes to frames with room, proportionally to w; repeat until placed.
+    # Guard against rounding noise pushing a frame to N + 1 (moves single tokens to frames with room).
     for _ in range(T + 1):
         over = (budgets - N).clamp(min=0)
         excess = int(over.sum())
@@ -88,9 +107,8 @@ def allocate_budgets(
         ww = torch.where(room > 0, w, torch.zeros_like(w))
         if float(ww.sum()) <= 0:
             ww = (room > 0).double()
-        add = _largest_remainder(excess * ww / ww.sum(), excess)
-        budgets = budgets + add
-    else:  # pragma: no cover - the loop always terminates since total <= T*N
+        budgets = budgets + _largest_remainder(excess * ww / ww.sum(), excess)
+    else:  # pragma: no cover - terminates since total <= T*N
         raise RuntimeError("budget redistribution did not converge")
     return budgets
 
@@ -151,11 +169,11 @@ def plan_budgets(
     valid = check_valid(valid, x)
     T, N, _ = x.shape
     tau = config.tau if config.tau is not None else (0.80 if retention >= 0.20 else 0.95)
-    cos = vk.frame_cosine(x, valid=valid, backend=config.backend)
+    f = vk.frame_means_torch(x, valid)  # (T, D) fp32, one pass over x
+    cos = cosine_of_means(f)
     boundary = (cos < tau).to(torch.int64)
     segment_id = torch.cat([torch.zeros(1, dtype=torch.int64, device=x.device), boundary.cumsum(0)])
     M = int(segment_id[-1]) + 1
-    f = vk.frame_means_torch(x, valid)  # (T, D) fp32
     proto = torch.zeros(M, f.shape[1], dtype=torch.float32, device=x.device).index_add_(0, segment_id, f)
     proto /= torch.bincount(segment_id, minlength=M).to(torch.float32)[:, None]
     qf = q.float()

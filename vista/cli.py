@@ -1,55 +1,349 @@
-"""Command-line entry point: ``vista demo`` (and more subcommands as they land)."""
+"""The ``vista`` command.
+
+    vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
+              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet]
+    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json]
+
+Exit codes: 0 success; 2 bad input (missing/corrupt video, bad option, incomplete model
+directory), reported as one ``vista: error: ...`` line on stderr with no traceback; 1 an
+unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
+import time
+import warnings
+from typing import List, Optional
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
+DEMO_QUESTION = "what color is the ball on the left ?"
 
 
-def _synthetic_tokens(T: int, N: int, D: int, seed: int = 0):
-    """A synthetic 'video' of T frames with three scenes, so segmentation has cuts to find."""
-    import torch
+class UsageError(ValueError):
+    """Bad input from the user: reported on one line, exit code 2."""
 
-    g = torch.Generator().manual_seed(seed)
-    scenes = torch.randn(3, N, D, generator=g)
-    cut = [0] * (T // 3) + [1] * (T // 3) + [2] * (T - 2 * (T // 3))
-    x = torch.stack([scenes[c] + 0.3 * torch.randn(N, D, generator=g) for c in cut])
-    q = scenes[1].mean(0) + 0.1 * torch.randn(D, generator=g)
-    return x, q
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error report (``vista ask: error: ...``) and exit code 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_USAGE)
+
+
+# ------------------------------------------------------------------------------ option types
+
+
+def _retention(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {s!r}") from None
+    if not (0.0 < v <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def _positive_int(flag: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+        return v
+
+    parse.__name__ = flag
+    return parse
+
+
+def _show_progress(args) -> bool:
+    return not args.quiet and not getattr(args, "json", False) and sys.stdout.isatty()
+
+
+def _note(args, msg: str) -> None:
+    if not args.quiet:
+        sys.stderr.write(f"vista: note: {msg}\n")
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    """Keep library warnings (transformers' advisories, deprecations) out of the command's output.
+
+    Restores the warning filters and environment afterwards, so ``main()`` called in-process
+    (tests, notebooks) leaves no trace.
+    """
+    saved_env = {k: os.environ.get(k) for k in _ENV_QUIET}
+    for k, v in _ENV_QUIET.items():
+        os.environ.setdefault(k, v)
+    with warnings.catch_warnings():
+        for cat in (UserWarning, FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=cat)
+        with contextlib.ExitStack() as stack:
+            _HF_STACK.append(stack)
+            try:
+                yield
+            finally:
+                _HF_STACK.pop()
+                for k, v in saved_env.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+
+
+_ENV_QUIET = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+_HF_STACK: list = []
+
+
+def _quiet_transformers() -> None:
+    """transformers logs at error level and without its own progress bars until the command ends."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    def restore():
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+    if _HF_STACK:
+        _HF_STACK[-1].callback(restore)
+
+
+# ------------------------------------------------------------------------------ vista ask
+
+
+def _print_result(args, res, map_info) -> None:
+    if args.json:
+        rec = res.to_dict()
+        rec["map"] = None if map_info is None else {"path": map_info.path, "width": map_info.width,
+                                                    "height": map_info.height}
+        rec["model"] = getattr(args, "model", None)
+        rec["scout"] = getattr(args, "scout", None)
+        print(json.dumps(rec, indent=None, sort_keys=False))
+        return
+    print(res.answer if res.answer else "(empty answer)")
+    print(f"[vista] {res.summary()}")
+    if map_info is not None:
+        print(f"[vista] token map: {map_info.path} ({map_info.width}x{map_info.height})")
+
+
+def cmd_ask(args) -> int:
+    from .video import load_video
+
+    if not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model}: no such directory (expected a saved model + processor)")
+    if args.scout is not None and not os.path.isdir(args.scout):
+        raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
+    _check_map_path(args.save_map)
+    progress = _show_progress(args)
+    video = load_video(args.video, args.frames, progress=progress)
+
+    _quiet_transformers()
+    from .config import VistaConfig
+    from .pipeline import VistaPipeline
+
+    config = VistaConfig(retention=args.retention, backend=args.backend)
+    pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device,
+                         dtype=args.dtype, num_frames=args.frames, progress=progress)
+    res = pipe.ask(video, args.question, max_new_tokens=args.max_new_tokens)
+    map_info = res.save_map(args.save_map) if args.save_map else None
+    for n in res.notes:  # after success, so that a failure is reported on one line
+        _note(args, n)
+    _print_result(args, res, map_info)
+    return EXIT_OK
+
+
+def _check_map_path(path: Optional[str]) -> None:
+    if path is None:
+        return
+    if not path.lower().endswith(".png"):
+        raise UsageError(f"--save-map {path}: the token map is a PNG; give a path ending in .png")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UsageError(f"--save-map {path}: {parent} is not a directory")
+    if os.path.isdir(path):
+        raise UsageError(f"--save-map {path}: is a directory")
+
+
+# ------------------------------------------------------------------------------ vista demo
+
+
+def _demo_table(res) -> List[str]:
+    p = res.pruned
+    lines = ["frame  segment  relevance  budget  foveal  anchors"]
+    rel = p.relevance.tolist()
+    for t in range(int(p.budgets.shape[0])):
+        s = int(p.segment_id[t])
+        fov = int((p.foveal[t] & p.keep[t]).sum())
+        kept = int(p.keep[t].sum())
+        lines.append(f"{t:5d}  {s:7d}  {rel[s]:9.3f}  {int(p.budgets[t]):6d}  {fov:6d}  {kept - fov:7d}")
+    for seg in res.segments():
+        lines.append(f"segment {seg['segment']}: frames {seg['first_frame']}-{seg['last_frame']}, "
+                     f"relevance {seg['relevance']:.3f}, {seg['tokens']} tokens")
+    return lines
 
 
 def cmd_demo(args) -> int:
-    import torch
+    import tempfile
 
-    import vista
+    _check_map_path(args.save_map)
+    progress = _show_progress(args)
+    out = (lambda *a: None) if args.json else print
+    _quiet_transformers()
+    t0 = time.perf_counter()
+    from .config import VistaConfig
+    from .pipeline import VistaPipeline
+    from .scout import build_tiny_scout
+    from .tiny_models import build_tiny_llava_onevision
+    from .video import load_video, synthetic_video, write_video
 
-    x, q = _synthetic_tokens(args.frames, 196, 64)
-    scores = torch.rand(x.shape[:2], generator=torch.Generator().manual_seed(1))
-    cfg = vista.VistaConfig(retention=args.retention)
-    out = vista.prune_video(x, q, scores, cfg)
-    T, N, _ = x.shape
-    print(f"synthetic video: {T} frames x {N} tokens, retention {args.retention} -> "
-          f"{out.num_tokens} of {T * N} tokens kept ({len(out.relevance)} segments)")
-    for t in range(T):
-        s = int(out.segment_id[t])
-        print(f"frame {t:3d}  segment {s}  relevance {float(out.relevance[s]):.3f}  "
-              f"budget {int(out.budgets[t]):4d}  kept {int(out.keep[t].sum()):4d}  "
-              f"foveal {int(out.foveal[t].sum()):4d}")
-    return 0
+    config = VistaConfig(retention=args.retention, backend=args.backend)
+    with tempfile.TemporaryDirectory(prefix="vista-demo-") as tmp:
+        clip = synthetic_video(args.frames, height=96, width=128, seed=args.seed, scenes=3)
+        mp4 = write_video(os.path.join(tmp, "demo.mp4"), clip.frames, fps=8.0)
+        out(f"vista demo: synthetic {args.frames}-frame clip (moving shapes, 3 scenes) written to mp4 and decoded back")
+        video = load_video(mp4, args.frames, progress=progress)
+        model, processor = build_tiny_llava_onevision(seed=args.seed)
+        scout = None if args.no_scout else build_tiny_scout(seed=args.seed)
+        build_s = time.perf_counter() - t0
+        out(f"models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
+            + ("" if scout is None else " + tiny random BLIP-2 scout")
+            + f", built in {build_s:.1f}s -- random weights: the answer is noise, the pruning is real")
+        pipe = VistaPipeline.from_components(model, processor, scout, config, num_frames=args.frames,
+                                             progress=progress)
+        pipe.timings["load"] = build_s
+        res = pipe.ask(video, args.question, max_new_tokens=args.max_new_tokens)
+        out(f"question: {args.question}")
+        for line in _demo_table(res):
+            out(line)
+        map_info = res.save_map(args.save_map) if args.save_map else None
+        if args.json:
+            _print_result(args, res, map_info)
+        else:
+            out(f"answer: {res.answer if res.answer else '(empty)'}")
+            out(f"[vista] {res.summary()}")
+            if map_info is not None:
+                out(f"[vista] token map: {map_info.path} ({map_info.width}x{map_info.height})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ parser / main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vista", description="Query-guided visual token pruning for video LLMs.")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="prune a built-in synthetic video (no download)")
-    d.add_argument("--frames", type=int, default=16)
-    d.add_argument("--retention", type=float, default=0.15)
+    from . import __version__
+
+    p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
+    p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ask,demo}")
+
+    def common(sp, frames_default):
+        sp.add_argument("--retention", type=_retention, default=0.15, metavar="R",
+                        help="fraction of visual tokens kept, in (0, 1] (default 0.15)")
+        sp.add_argument("--frames", type=_positive_int("--frames"), default=frames_default, metavar="N",
+                        help=f"frames sampled uniformly from the video (default {frames_default})")
+        max_new = 128 if sp.prog.endswith("ask") else 8
+        sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), metavar="N",
+                        default=max_new, help=f"answer length limit in tokens (default {max_new})")
+        sp.add_argument("--json", action="store_true", help="print one JSON record instead of text")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes")
+        sp.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                        help="kernel backend of the pruning ops (default auto)")
+
+    a = sub.add_parser("ask", help="answer a question about a video with a pruned model",
+                       description="Answer a question about a video; Vista prunes the visual tokens.")
+    a.add_argument("video", help="video file, image file or folder of images")
+    a.add_argument("question", help="the question, in quotes")
+    a.add_argument("--model", required=True, metavar="PATH",
+                   help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
+    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
+    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here")
+    a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="model dtype (default: the loader's)")
+    common(a, 64)
+    a.set_defaults(func=cmd_ask)
+
+    d = sub.add_parser("demo", help="offline demo: tiny random models on a synthetic video (no download)",
+                       description="Build tiny random-weight models and a synthetic video, answer a question "
+                                   "with Vista pruning, print the budgets and write the token map.")
+    d.add_argument("--question", default=DEMO_QUESTION, help=f"question (default {DEMO_QUESTION!r})")
+    d.add_argument("--save-map", metavar="PNG", default="vista_demo_map.png",
+                   help="token map picture (default vista_demo_map.png)")
+    d.add_argument("--no-scout", action="store_true", help="run without the semantic scout (anchors only)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video")
+    common(d, 16)
     d.set_defaults(func=cmd_demo)
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+def _user_errors():
+    """Exception types that mean bad input (exit 2, one line)."""
+    from .video import VideoError
+
+    errs = [UsageError, VideoError, FileNotFoundError, NotADirectoryError, PermissionError]
+    try:
+        from .pipeline import PipelineError
+
+        errs.append(PipelineError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split())
+    return msg or type(exc).__name__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already reported
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    debug = bool(os.environ.get("VISTA_DEBUG"))
+    prog = f"vista {args.command}"
+    try:
+        with _quiet_warnings():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except _user_errors() as e:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
+        return EXIT_USAGE
+    except (ValueError, OSError) as e:  # e.g. load_pretrained on an incomplete model directory
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: {_one_line(e)}\n")
+        return EXIT_USAGE
+    except ImportError as e:
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: error: missing dependency ({_one_line(e)}); "
+                         "install with: pip install 'vista-llm[video]'\n")
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the command must not dump a traceback on users
+        if debug:
+            raise
+        sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} "
+                         "(set VISTA_DEBUG=1 for the traceback)\n")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ import torch
 
 import vista_kernels as vk
 from vista_kernels._guard import check_scores, check_tokens, trusted_inputs
+from vista_kernels.reference._common import stable_topk_mask
+from vista_kernels.reference.anchor_aggregate import anchor_aggregate_kept_torch
 
 from .budget import check_question, plan_budgets, retained_count
 from .config import VistaConfig
-from .select import select_tokens
+from .select import foveal_counts, select_tokens
 
 
 @dataclass
@@ -113,10 +115,15 @@ def prune_videos(
     all_kept = all(int(p.budgets.sum()) == T * n for p, T, n in zip(plans, Ts, Ns))
     if all_kept:  # retention 1.0 (or budgets covering everything): an exact no-op
         results = []
-        for x, p in zip(xs, plans):
+        for x, s, p in zip(xs, scout_scores, plans):
             T, n, _ = x.shape
             keep = torch.ones(T, n, dtype=torch.bool, device=device)
-            results.append(_assemble(x, keep, torch.zeros_like(keep), torch.arange(n, device=device).expand(T, n).clone(), p))
+            foveal = torch.zeros_like(keep)
+            if s is not None:
+                k_f = foveal_counts(p.budgets, config.scout_ratio, True)
+                foveal = stable_topk_mask(s, k_f, keep)
+            assign = torch.arange(n, device=device).expand(T, n).clone()
+            results.append(_assemble(x.reshape(T * n, -1), keep, foveal, assign, p))
         return results
 
     if len(xs) == 1:
@@ -149,21 +156,27 @@ def prune_videos(
             X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=config.backend,
             has_scout=has_scout,
         )
-        x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
+        if vk.resolve_backend(config.backend, X) == "torch":
+            # Reference path: blend and gather only the kept rows (no copy of the whole video).
+            _, kept_ok, rows, assign = anchor_aggregate_kept_torch(X, keep, config.alpha, valid, _checked=True)
+            kept_rows = lambda sl, n: rows[sl][kept_ok[sl]]  # noqa: E731
+        else:
+            x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
+            kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
 
     results = []
     t0 = 0
-    for x, p, T, n in zip(xs, plans, Ts, Ns):
+    for p, T, n in zip(plans, Ts, Ns):
         sl = slice(t0, t0 + T)
-        results.append(_assemble(x_out[sl, :n], keep[sl, :n], foveal[sl, :n], assign[sl, :n], p))
+        results.append(_assemble(kept_rows(sl, n), keep[sl, :n], foveal[sl, :n], assign[sl, :n], p))
         t0 += T
     return results
 
 
-def _assemble(x_out, keep, foveal, assign, plan) -> PrunedVideo:
+def _assemble(tokens, keep, foveal, assign, plan) -> PrunedVideo:
     frame_index, token_index = torch.nonzero(keep, as_tuple=True)  # row-major: time, then raster
     return PrunedVideo(
-        tokens=x_out[keep],
+        tokens=tokens,
         frame_index=frame_index,
         token_index=token_index,
         budgets=plan.budgets,

@@ -106,14 +106,19 @@ def _frame_cosine_kernel(msum_ptr, mcnt_ptr, out_ptr, T, D, EPS, BLOCK_T: tl.con
         dot += a * b
         na += a * a
         nb += b * b
-    den = tl.maximum(tl.sqrt_rn(tl.sum(na, axis=0)) * tl.sqrt_rn(tl.sum(nb, axis=0)), EPS)
-    tl.store(out_ptr + f, tl.sum(dot, axis=0) / den)
+    # each norm clamped at EPS (reference: cosine_of_means)
+    den = tl.maximum(tl.sqrt_rn(tl.sum(na, axis=0)), EPS) * tl.maximum(tl.sqrt_rn(tl.sum(nb, axis=0)), EPS)
+    tl.store(out_ptr + f, tl.math.div_rn(tl.sum(dot, axis=0), den))
 
 
-def geometry_config(N: int, D: int, dtype: torch.dtype, interpreted: bool = False) -> dict:
+def geometry_config(N: int, D: int, dtype: torch.dtype) -> dict:
     """Block sizes and num_warps the wrappers launch ``_frame_geometry_kernel`` with (AOT uses it too)."""
     block_n = 16 if N <= 16 else 32 if N <= 32 else 64
+    # AOT-checked (python -m vista_kernels.aot): these spill nothing on sm_80/sm_90 (fp32 with
+    # BLOCK_D=32 and fp16 with BLOCK_D=64 spill on sm_80)
     if dtype == torch.float32:
+        block_d, warps = 16, 8
+    elif dtype == torch.float16:
         block_d, warps = 32, 8
     else:
         block_d, warps = 64, 8
@@ -142,8 +147,7 @@ class Geometry:
         self.valid_u8 = valid.contiguous().view(torch.uint8)
         F, N, D = x.shape
         self.F, self.N, self.D = F, N, D
-        self.interpreted = upcast_flag(_frame_geometry_kernel, torch.bfloat16)  # True iff interpreter
-        self.cfg = geometry_config(N, D, x.dtype, self.interpreted)
+        self.cfg = geometry_config(N, D, x.dtype)
         self.T = triton.cdiv(N, self.cfg["BLOCK_N"])
         dev = x.device
         self.sq = torch.empty((F, N), dtype=torch.float32, device=dev)

@@ -13,8 +13,18 @@ def frame_means_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> tor
     x = check_tokens(x)
     valid = check_valid(valid, x)
     w = valid.to(torch.float32)
-    s = torch.einsum("fnd,fn->fd", x.float(), w)
+    if bool(valid.all()):
+        return x.float().mean(1)
+    s = torch.bmm(w[:, None, :], x.float()).squeeze(1)  # masked sum without an (F, N, D) temporary
     return s / w.sum(1, keepdim=True).clamp(min=1.0)
+
+
+def cosine_of_means(f: torch.Tensor) -> torch.Tensor:
+    """(F-1,) cosines of consecutive rows of ``f`` (F, D); each norm clamped at 1e-12."""
+    a, b = f[:-1], f[1:]
+    dot = (a * b).sum(-1)
+    den = a.norm(dim=-1).clamp(min=_EPS) * b.norm(dim=-1).clamp(min=_EPS)
+    return dot / den
 
 
 def frame_cosine_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,8 +36,4 @@ def frame_cosine_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> to
     Returns:
         (F-1,) float32 (empty for a single frame). Each norm is clamped at 1e-12, so a zero mean gives cosine 0.
     """
-    f = frame_means_torch(x, valid)
-    a, b = f[:-1], f[1:]
-    dot = (a * b).sum(-1)
-    den = a.norm(dim=-1).clamp(min=_EPS) * b.norm(dim=-1).clamp(min=_EPS)
-    return dot / den
+    return cosine_of_means(frame_means_torch(x, valid))

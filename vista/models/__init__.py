@@ -1,0 +1,371 @@
+"""Vista on stock transformers backbones: one-line, in-place, reversible.
+
+Supported families (``family_of``): ``"llava_onevision"`` (LLaVA-OneVision and LLaVA-Video, both
+``LlavaOnevisionForConditionalGeneration``) and ``"qwen2_5_vl"`` (``Qwen2_5_VLForConditionalGeneration``).
+
+Usage::
+
+    from vista.models import load_pretrained, apply_vista
+    model, processor = load_pretrained("/models/llava-onevision-qwen2-7b-ov-hf", device="cuda")
+    apply_vista(model, vista.VistaConfig(retention=0.15), processor=processor)
+    inputs = processor(text=prompt, videos=[frames], return_tensors="pt").to(model.device)
+    out = model.generate(**inputs, max_new_tokens=64)           # question inferred from the prompt
+    out = model.generate(**inputs, max_new_tokens=64, question="what is the man holding?")  # override
+
+See :mod:`vista.models.common` for the design (placeholder-count contract, wrappers).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from typing import List, Optional
+
+import torch
+
+from ..config import VistaConfig
+from .common import (
+    VideoItem,
+    VistaState,
+    assign_questions,
+    bind_arguments,
+    check_config,
+    check_scout,
+    denormalize_frames,
+    get_state,
+    launch_scout,
+    notice_once,
+    patch_attr,
+    prune_items,
+    resolve_info,
+    unpatch_all,
+    _STATE_ATTR,
+)
+from .llava_onevision import ADAPTER as _LLAVA
+from .qwen2_5_vl import ADAPTER as _QWEN
+
+_ADAPTERS = {
+    "llava_onevision": _LLAVA,
+    "qwen2_5_vl": _QWEN,
+}
+_MODEL_TYPES = {"llava_onevision": "llava_onevision", "qwen2_5_vl": "qwen2_5_vl"}
+
+
+def family_of(model) -> str:
+    """Backbone family of a model, a config, a ``model_type`` string or a checkpoint directory.
+
+    Returns ``"llava_onevision"`` (LLaVA-OneVision, LLaVA-Video) or ``"qwen2_5_vl"``.
+    Raises ValueError for anything else (naming the model_type found).
+    """
+    if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
+        cfg_path = os.path.join(model, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise ValueError(f"model directory {os.fspath(model)!r} has no config.json")
+        with open(cfg_path) as f:
+            mt = json.load(f).get("model_type")
+    elif isinstance(model, str):
+        mt = model
+    else:
+        cfg = getattr(model, "config", model)
+        mt = getattr(cfg, "model_type", None)
+        if mt is None:
+            raise TypeError(f"model must be a transformers model or config, got {type(model).__name__}")
+    if mt in _MODEL_TYPES:
+        return _MODEL_TYPES[mt]
+    raise ValueError(
+        f"unsupported model_type {mt!r}: vista supports llava_onevision (LLaVA-OneVision, LLaVA-Video) "
+        "and qwen2_5_vl (Qwen2.5-VL)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------------------------
+def _flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def _pick_attn(attn_implementation, device) -> str:
+    want = attn_implementation
+    dev = torch.device(device)
+    if want is None or want == "flash_attention_2":
+        if _flash_attn_available() and dev.type == "cuda":
+            return "flash_attention_2"
+        why = "flash-attn is not installed" if not _flash_attn_available() else f"device is {dev.type}"
+        notice_once(f"attn:{why}", f"vista: {why}; using attn_implementation='sdpa' instead of flash_attention_2")
+        return "sdpa"
+    if not isinstance(want, str):
+        raise TypeError(f"attn_implementation must be a str or None, got {type(want).__name__}")
+    return want
+
+
+def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None):
+    """Load a supported backbone and its processor from a local directory.
+
+    Args:
+        path: directory holding ``config.json``, the weights (``*.safetensors`` / ``*.bin``) and
+            the processor files (``processor_config.json`` / ``preprocessor_config.json`` +
+            tokenizer files), as written by ``save_pretrained``.
+        device: where to put the model ("cpu", "cuda", "cuda:1", torch.device).
+        dtype: torch dtype; None = bfloat16 on CUDA, float32 on CPU.
+        attn_implementation: None = flash_attention_2 when flash-attn is importable (on CUDA),
+            else sdpa (one notice, once). An explicit "flash_attention_2" without flash-attn
+            also falls back to sdpa.
+    Returns:
+        (model, processor); the model in eval mode.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike directory, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"path {path!r} is not a directory (give a local checkpoint directory)")
+    files = set(os.listdir(path))
+    if "config.json" not in files:
+        raise ValueError(f"checkpoint {path!r} is missing config.json")
+    if not any(f.endswith((".safetensors", ".bin")) or f.endswith(".index.json") for f in files):
+        raise ValueError(f"checkpoint {path!r} is missing the weights (model.safetensors or pytorch_model.bin)")
+    if not ({"processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json"} & files):
+        raise ValueError(f"checkpoint {path!r} is missing processor_config.json / preprocessor_config.json")
+    if not ({"tokenizer.json", "tokenizer_config.json", "vocab.json"} & files):
+        raise ValueError(f"checkpoint {path!r} is missing the tokenizer (tokenizer.json / tokenizer_config.json)")
+    family = family_of(path)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a valid torch device") from e
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+    attn = _pick_attn(attn_implementation, dev)
+    from transformers import AutoProcessor
+
+    if family == "llava_onevision":
+        from transformers import LlavaOnevisionForConditionalGeneration as cls
+    else:
+        from transformers import Qwen2_5_VLForConditionalGeneration as cls
+    model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    model.to(dev).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# patching
+# ----------------------------------------------------------------------------------------------
+def _make_generate(model, orig):
+    @functools.wraps(orig)
+    def generate(*args, question=None, **kwargs):
+        st = get_state(model)
+        if st is None:
+            return orig(*args, **kwargs)
+        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        prev = st.pending
+        st.pending = {"input_ids": ids, "attention_mask": kwargs.get("attention_mask"), "question": question}
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            st.pending = prev
+
+    return generate
+
+
+def _make_get_video_features(model, inner, adapter, orig):
+    @functools.wraps(orig)
+    def get_video_features(*args, **kwargs):
+        st = get_state(model)
+        if st is None or not st.active:
+            return orig(*args, **kwargs)
+        a = bind_arguments(orig, args, kwargs)
+        if (st.scout is None or st.pending is None or a.get("pixel_values_videos") is None
+                or not isinstance(a["pixel_values_videos"], torch.Tensor)):
+            return _tag(orig(*args, **kwargs), a, None)
+        items = [VideoItem(index=k, grid=g) for k, g in enumerate(adapter.grids(inner, a))]
+        assign_questions(st, inner, items, st.pending.get("input_ids"), st.pending.get("attention_mask"),
+                         st.pending.get("question"))
+        proc = st.processors[0] if st.processors else None
+        mean, std = adapter.norm_stats(proc)
+        isz = getattr(st.scout, "image_size", None)
+        size = int(isz[0] if isinstance(isz, (tuple, list)) else isz) if isz is not None else None
+        work = []
+        for it in items:
+            if it.question is None:
+                continue
+            frames = denormalize_frames(adapter.scout_pixels(a, it.index, inner), mean, std, size)
+            work.append((it.index, frames, it.question, it.grid[1:], adapter.temporal_pairs, it.grid[0]))
+        handle = launch_scout(st, work, a["pixel_values_videos"].device)
+        return _tag(orig(*args, **kwargs), a, handle)
+
+    return get_video_features
+
+
+def _tag(out, args, handle):
+    """Attach the scout handle and the grid (generate() pops ``video_grid_thw`` from the forward's
+    kwargs once the encoder ran) to a video-features output."""
+    try:
+        out._vista_scout = handle
+        out._vista_grid_thw = args.get("video_grid_thw")
+    except Exception:  # tuple outputs (return_dict=False): nothing to attach to
+        pass
+    return out
+
+
+def _make_forward(model, inner, adapter, orig):
+    @functools.wraps(orig)
+    def forward(*args, question=None, **kwargs):
+        st = get_state(model)
+        if st is None or not st.active:
+            return orig(*args, **kwargs)
+        a = bind_arguments(orig, args, kwargs)
+        mm = a.get("mm_encoder_outputs") or {}
+        video_out = mm.get("video")
+        pvv = a.get("pixel_values_videos")
+        if (pvv is None and video_out is None) or getattr(video_out, "_vista_pruned", False):
+            return orig(*args, **kwargs)
+        ids = a.get("input_ids")
+        vid = adapter.video_token_id(inner.config)
+        if ids is not None and not bool((ids == vid).any()):
+            return orig(*args, **kwargs)  # no placeholders in this step (e.g. decoding)
+        if question is None and st.pending is not None:
+            question = st.pending.get("question")
+        mask = a.get("attention_mask") if isinstance(a.get("attention_mask"), torch.Tensor) else None
+        mm = dict(mm)
+        if video_out is None:
+            prev = st.pending
+            st.pending = {"input_ids": ids, "attention_mask": mask, "question": question}
+            try:
+                video_out = inner.get_video_features(**adapter.video_kwargs(a), return_dict=True)
+            finally:
+                st.pending = prev
+            a["pixel_values_videos"] = None
+        if a.get("pixel_values") is not None and mm.get("image") is None:
+            mm["image"] = adapter.image_features(inner, a)
+            a["pixel_values"] = None
+        if a.get("video_grid_thw") is None and getattr(video_out, "_vista_grid_thw", None) is not None:
+            a["video_grid_thw"] = video_out._vista_grid_thw
+        items = adapter.split(inner, video_out, a)
+        assign_questions(st, inner, items, ids, mask, question)
+        pruned = prune_items(st, inner, items, getattr(video_out, "_vista_scout", None))
+        new_out = adapter.assemble(video_out, items, pruned, st.config)
+        new_out._vista_pruned = True
+        mm["video"] = new_out
+        a["mm_encoder_outputs"] = mm
+        try:
+            adapter.before_forward(st, inner, a, items, pruned)
+            return orig(**a)
+        finally:
+            st.kept = None
+
+    return forward
+
+
+def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, processor=None):
+    """Patch a loaded transformers backbone (and its processor) in place to prune video tokens.
+
+    Args:
+        model: ``LlavaOnevisionForConditionalGeneration`` (LLaVA-OneVision / LLaVA-Video) or
+            ``Qwen2_5_VLForConditionalGeneration``.
+        config: VistaConfig (default ``VistaConfig()``: retention 0.15).
+        scout: optional semantic scout with ``.scores(frames (T, 3, S, S) float in [0, 1], question)
+            -> (T, P)`` (``vista.scout.SemanticScout``); ``grid_hw`` / ``image_size`` attributes are
+            used when present.
+        processor: the model's processor. Patched to emit the pruned placeholder count; needed for
+            retention < 1 with inputs built by the processor, for ``question=`` overrides and for
+            the scout's question text.
+    Returns:
+        the same model. Applying twice replaces config and scout (and links a new processor).
+        ``remove_vista(model)`` undoes everything.
+    """
+    config = check_config(config)
+    scout = check_scout(scout)
+    family = family_of(model)
+    adapter = _ADAPTERS[family]
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a transformers model), got {type(model).__name__}")
+    if processor is not None:
+        adapter.check_processor(processor)
+    st = get_state(model)
+    if st is not None:  # idempotent: replace settings
+        st.config = config
+        st.scout = scout
+        st.last_info = []
+        if processor is not None and all(p is not processor for p in st.processors):
+            adapter.patch_processor(st, processor)
+            st.processors.append(processor)
+            st.tokenizer = getattr(processor, "tokenizer", None)
+            st._tok_cache = None
+        return model
+    inner = adapter.inner(model)
+    st = VistaState(config=config, family=family, adapter=adapter, scout=scout)
+    try:
+        patch_attr(st, inner, "forward", _make_forward(model, inner, adapter, inner.forward))
+        patch_attr(st, inner, "get_video_features", _make_get_video_features(model, inner, adapter, inner.get_video_features))
+        if hasattr(model, "generate") and model is not inner:
+            patch_attr(st, model, "generate", _make_generate(model, model.generate))
+        if hasattr(adapter, "patch_model_extra"):
+            adapter.patch_model_extra(st, model, inner)
+        if processor is not None:
+            adapter.patch_processor(st, processor)
+            st.processors.append(processor)
+            st.tokenizer = getattr(processor, "tokenizer", None)
+    except Exception:
+        unpatch_all(st)
+        raise
+    model.__dict__[_STATE_ATTR] = st
+    return model
+
+
+def remove_vista(model):
+    """Undo :func:`apply_vista` on the model and every processor it patched. Returns the model.
+    A model that was never patched is returned unchanged."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a transformers model), got {type(model).__name__}")
+    st = get_state(model)
+    if st is None:
+        return model
+    unpatch_all(st)
+    st.processors.clear()
+    model.__dict__.pop(_STATE_ATTR, None)
+    # Qwen caches rope deltas from the last prefill; a stale pruned value must not leak
+    inner = getattr(model, "model", model)
+    if hasattr(inner, "rope_deltas"):
+        inner.rope_deltas = None
+    return model
+
+
+def is_patched(model) -> bool:
+    """True when ``apply_vista`` is active on ``model``."""
+    return get_state(model) is not None
+
+
+def vista_config(model) -> Optional[VistaConfig]:
+    """The VistaConfig in force on ``model`` (None when not patched)."""
+    st = get_state(model)
+    return None if st is None else st.config
+
+
+def last_prune_info(model) -> List[dict]:
+    """Per video of the last forward that pruned a video (batch order)::
+
+        {"pruned": PrunedVideo, "grid": (T, h, w), "question": str | None,
+         "timings": {"prune_s": float, "scout_s": float}}
+
+    Empty when the model is not patched, no video was pruned yet, or retention is 1.0 (the stock
+    path runs untouched). On CUDA this waits for the recorded timing events.
+    """
+    st = get_state(model)
+    if st is None:
+        return []
+    return resolve_info(st)
+
+
+__all__ = [
+    "apply_vista",
+    "family_of",
+    "is_patched",
+    "last_prune_info",
+    "load_pretrained",
+    "remove_vista",
+    "vista_config",
+]

@@ -1,0 +1,516 @@
+"""Family-independent machinery of the in-place backbone patch (``apply_vista``).
+
+Design (placeholder-count contract, as vLLM's EVS): the total number of kept tokens of a video is
+known before the model runs (``retained_count(T, N, retention)``), so
+
+* the patched **processor** emits exactly that many video placeholders (plus LLaVA's newline in the
+  "grid" layout), and
+* the patched **model** prunes the video features after the projector (and LLaVA's 2x2 pooling) and
+  hands exactly that many rows to the stock ``forward``, which scatters them into the placeholders.
+
+Attention masks, cache positions and ``generate()`` therefore see an ordinary, shorter prompt; the
+per-frame split of the kept tokens stays dynamic (query-guided budgets). Nothing of the model code
+is copied: the inner ``*Model.forward`` / ``get_video_features`` (and, for Qwen2.5-VL,
+``get_rope_index``) and the outer ``generate`` are wrapped on the *instance*; ``remove_vista`` deletes
+the instance attributes again, which restores the class methods.
+
+Flow of one prefill with a video:
+
+1. ``generate`` wrapper (outer model): stashes ``input_ids`` / ``attention_mask`` and pops the
+   optional ``question=`` override, so the video encoder knows the questions.
+2. ``get_video_features`` wrapper (inner model): launches the scout (on CUDA on a side stream,
+   concurrently with the vision tower; inline on CPU), runs the stock vision tower + projector and
+   attaches the scout's (pending) scores to the output.
+3. ``forward`` wrapper (inner model): finds each video's placeholder span, builds the question
+   embedding q (mean of the LLM input embeddings of the question tokens), waits for the scout
+   (stream event, no host sync), prunes all videos with one ``vista.prune_videos`` call and calls
+   the stock ``forward`` with ``mm_encoder_outputs={"video": pruned}``.
+
+``retention == 1.0`` takes the stock path untouched (bit-identical logits); then the processor also
+emits the stock placeholder count (the LLaVA newline is kept whatever ``config.newline`` says).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from ..budget import retained_count
+from ..config import VistaConfig
+from ..prune import PrunedVideo, prune_videos
+
+logger = logging.getLogger("vista.models")
+
+_STATE_ATTR = "_vista_state"
+
+
+# ----------------------------------------------------------------------------------------------
+# state
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class VideoItem:
+    """One video of a batch on its way through the pruner."""
+
+    index: int  # order of the video in the batch (= placeholder order in input_ids)
+    grid: tuple  # (T, h, w) token grid
+    x: Optional[torch.Tensor] = None  # (T, N, D) features after projector (+ pooling)
+    row: int = -1  # batch row holding the video's placeholders
+    span: tuple = (0, 0)  # [start, end) of the placeholders in that row
+    count: int = 0  # placeholders found
+    question: Optional[str] = None
+    question_ids: Optional[torch.Tensor] = None
+    scores: Optional[torch.Tensor] = None  # (T, N) scout scores on the token grid
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VistaState:
+    """Everything apply_vista attached to one model (kept on the outer model instance)."""
+
+    config: VistaConfig
+    family: str
+    adapter: Any
+    scout: Any = None
+    processors: List[Any] = field(default_factory=list)
+    tokenizer: Any = None
+    patched: List[tuple] = field(default_factory=list)  # (object, attribute name)
+    pending: Optional[dict] = None  # what generate() saw (input ids, question override)
+    last_info: List[dict] = field(default_factory=list)
+    side_streams: Dict[Any, Any] = field(default_factory=dict)
+    kept: Optional[list] = None  # per video kept token indices during a prefill (Qwen rope)
+    _tok_cache: Optional[dict] = None
+
+    @property
+    def active(self) -> bool:
+        return self.config.retention < 1.0
+
+
+def get_state(model) -> Optional[VistaState]:
+    return getattr(model, _STATE_ATTR, None)
+
+
+def check_config(config) -> VistaConfig:
+    if config is None:
+        return VistaConfig()
+    if not isinstance(config, VistaConfig):
+        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
+    return config
+
+
+def check_scout(scout):
+    if scout is None:
+        return None
+    if not callable(getattr(scout, "scores", None)):
+        raise TypeError(
+            f"scout must have a .scores(frames, question) method (e.g. vista.scout.SemanticScout), "
+            f"got {type(scout).__name__}"
+        )
+    return scout
+
+
+# ----------------------------------------------------------------------------------------------
+# instance patching helpers
+# ----------------------------------------------------------------------------------------------
+def patch_attr(state: VistaState, obj, name: str, value) -> None:
+    """Set ``obj.name = value`` on the instance, remembering it for :func:`unpatch_all`."""
+    if name in obj.__dict__:
+        raise RuntimeError(f"{type(obj).__name__}.{name} is already patched on this instance")
+    setattr(obj, name, value)
+    state.patched.append((obj, name))
+
+
+def unpatch_all(state: VistaState) -> None:
+    for obj, name in reversed(state.patched):
+        obj.__dict__.pop(name, None)
+    state.patched.clear()
+
+
+class _InstanceHook:
+    """Callable stored as an instance attribute (e.g. a processor's ``replace_video_token``).
+
+    Deep copies return the hook itself, so ``processor.save_pretrained`` (which deep-copies the
+    instance ``__dict__`` before filtering it) neither copies the model state nor fails.
+    """
+
+    def __init__(self, fn):
+        self._fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):  # pickling a patched processor drops the hook, not the processor
+        return (_noop_hook, ())
+
+
+def _noop_hook():
+    return None
+
+
+def bind_arguments(fn, args, kwargs) -> dict:
+    """Named arguments of a call of ``fn`` (its ``**kwargs`` flattened in)."""
+    sig = inspect.signature(fn)
+    ba = sig.bind_partial(*args, **kwargs)
+    out = {}
+    for name, value in ba.arguments.items():
+        p = sig.parameters[name]
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise TypeError(f"unexpected positional arguments {value!r}")
+        else:
+            out[name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# questions
+# ----------------------------------------------------------------------------------------------
+def _token_info(state: VistaState, model_config) -> dict:
+    """Token ids that delimit a chat turn and those that are never part of the question."""
+    if state._tok_cache is not None:
+        return state._tok_cache
+    tok = state.tokenizer
+    exclude = set(state.adapter.placeholder_ids(model_config))
+    info = {"turn_start": None, "turn_end": set(), "role": set(), "blank": set(), "exclude": exclude}
+    text_cfg = getattr(model_config, "text_config", model_config)
+    eos = getattr(text_cfg, "eos_token_id", None)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = getattr(text_cfg, "pad_token_id", None)
+    if pad is not None:
+        exclude.add(int(pad))
+    if tok is not None:
+        unk = getattr(tok, "unk_token_id", None)
+
+        def tid(s):
+            i = tok.convert_tokens_to_ids(s)
+            return None if i is None or i == unk else int(i)
+
+        info["turn_start"] = tid("<|im_start|>")
+        end = tid("<|im_end|>")
+        info["turn_end"] = {end} if end is not None else set(int(e) for e in eos)
+        exclude.update(int(i) for i in getattr(tok, "all_special_ids", []) or [])
+        for role in ("user", "assistant", "system"):
+            ids = tok.encode(role, add_special_tokens=False)
+            if len(ids) == 1:
+                info["role"].add(int(ids[0]))
+        for s in ("\n", " ", "\n\n"):
+            for i in tok.encode(s, add_special_tokens=False):
+                if i != unk:
+                    info["blank"].add(int(i))
+    else:
+        info["turn_end"] = set(int(e) for e in eos)
+    exclude.update(info["turn_end"])
+    if info["turn_start"] is not None:
+        exclude.add(info["turn_start"])
+    state._tok_cache = info
+    return info
+
+
+def question_token_ids(row_ids: torch.Tensor, valid: Optional[torch.Tensor], span, info: dict) -> torch.Tensor:
+    """Ids of the question tokens of the chat turn holding the video placeholders ``span``.
+
+    The turn runs from the last turn-start marker before the span (``<|im_start|>``) to the first
+    turn-end marker after it (``<|im_end|>``); the role header (``user`` + newline), special tokens,
+    placeholders and padding are left out. Without a tokenizer the turn starts after the previous
+    end-of-turn (eos) token.
+    """
+    ids = row_ids.tolist()
+    ok = [True] * len(ids) if valid is None else [bool(v) for v in valid.tolist()]
+    s, e = span
+    begin = 0
+    for j in range(s - 1, -1, -1):
+        if ok[j] and (ids[j] == info["turn_start"] or (info["turn_start"] is None and ids[j] in info["turn_end"])):
+            begin = j + 1
+            break
+    end = len(ids)
+    for j in range(e, len(ids)):
+        if ok[j] and ids[j] in info["turn_end"]:
+            end = j
+            break
+    head = [j for j in range(begin, s) if ok[j]]
+    # drop the role header right after the turn start ("user", newline)
+    while head and (ids[head[0]] in info["role"] or ids[head[0]] in info["blank"] or ids[head[0]] in info["exclude"]):
+        head.pop(0)
+    pos = head + [j for j in range(e, end) if ok[j]]
+    keep = [ids[j] for j in pos if ids[j] not in info["exclude"] and ids[j] not in info["blank"]]
+    return torch.tensor(keep, dtype=torch.long)
+
+
+def _normalize_override(question, n_videos: int):
+    if question is None:
+        return [None] * n_videos
+    if isinstance(question, str):
+        return [question] * n_videos
+    if isinstance(question, (list, tuple)) and all(q is None or isinstance(q, str) for q in question):
+        if len(question) != n_videos:
+            raise ValueError(f"question must be a str or a list with one str per video ({n_videos}), got {len(question)}")
+        return list(question)
+    raise TypeError(f"question must be a str or a list of str, got {type(question).__name__}")
+
+
+def assign_questions(state: VistaState, inner, items: List[VideoItem], input_ids, attention_mask, override) -> None:
+    """Fill ``row``/``span``/``question``/``question_ids`` of every video item from ``input_ids``."""
+    config = inner.config
+    vid = state.adapter.video_token_id(config)
+    overrides = _normalize_override(override, len(items))
+    info = _token_info(state, config)
+    tok = state.tokenizer
+    if input_ids is not None:
+        mask = input_ids == vid
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape == input_ids.shape:
+            mask = mask & attention_mask.bool()
+        rows, cols = torch.nonzero(mask, as_tuple=True)
+        rows, cols = rows.tolist(), cols.tolist()
+        expected = [state.adapter.placeholder_count(it, state.config) for it in items]
+        if len(rows) != sum(expected):
+            full = [state.adapter.full_count(it) for it in items]
+            hint = ""
+            if len(rows) == sum(full):
+                hint = (
+                    " -- the prompt holds the unpruned placeholder count: build the inputs with the processor "
+                    "passed to apply_vista(model, config, processor=processor)"
+                )
+            raise ValueError(
+                f"input_ids holds {len(rows)} video placeholder tokens but Vista expects {sum(expected)} "
+                f"({expected} for retention={state.config.retention}){hint}"
+            )
+        k = 0
+        for it, c in zip(items, expected):
+            r, c0, c1 = rows[k], cols[k], cols[k + c - 1]
+            it.row, it.span, it.count = r, (c0, c1 + 1), c
+            k += c
+    for it, ov in zip(items, overrides):
+        if ov is not None:
+            if tok is None:
+                raise ValueError(
+                    "question= needs the tokenizer: pass processor= to apply_vista(model, config, processor=...)"
+                )
+            it.question = ov
+            it.question_ids = torch.tensor(tok.encode(ov, add_special_tokens=False), dtype=torch.long)
+        elif input_ids is not None:
+            am = attention_mask[it.row] if attention_mask is not None and attention_mask.dim() == 2 else None
+            it.question_ids = question_token_ids(input_ids[it.row].cpu(), None if am is None else am.cpu(), it.span, info)
+            if tok is not None and it.question_ids.numel():
+                it.question = tok.decode(it.question_ids.tolist(), skip_special_tokens=True).strip() or None
+
+
+def question_embedding(inner, item: VideoItem, D: int, device) -> torch.Tensor:
+    """q (D,) float32: mean of the LLM input embeddings of the question tokens (zeros if none:
+    uniform segment relevance)."""
+    ids = item.question_ids
+    if ids is None or ids.numel() == 0:
+        return torch.zeros(D, dtype=torch.float32, device=device)
+    emb = inner.get_input_embeddings()
+    with torch.no_grad():
+        e = emb(ids.to(emb.weight.device))
+    return e.float().mean(0).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# scout
+# ----------------------------------------------------------------------------------------------
+def _square(P: int):
+    r = int(round(math.sqrt(P)))
+    if r * r != P:
+        raise ValueError(f"scout returned {P} patches a frame, not a square grid; give the scout a grid_hw attribute")
+    return (r, r)
+
+
+def scout_grid_scores(scout, frames: torch.Tensor, question: str, dst_hw, temporal_pairs: bool, T: int) -> torch.Tensor:
+    """Scout scores of one video mapped onto the backbone's token grid: (T, h*w) float32."""
+    s = scout.scores(frames, question)
+    if not isinstance(s, torch.Tensor):
+        s = torch.as_tensor(s)
+    if s.dim() != 2:
+        raise ValueError(f"scout.scores must return (T_frames, P), got shape {tuple(s.shape)}")
+    s = s.float()
+    h, w = dst_hw
+    src_hw = getattr(scout, "grid_hw", None)
+    if src_hw is None:
+        src_hw = (h, w) if s.shape[1] == h * w else _square(s.shape[1])
+    src_hw = tuple(int(v) for v in src_hw)
+    if src_hw == (h, w) and not temporal_pairs:
+        out = s
+    else:
+        try:
+            from ..scout import map_scores_to_grid
+        except Exception:  # pragma: no cover - scout package missing
+            map_scores_to_grid = _map_scores_fallback
+        out = map_scores_to_grid(s, src_hw, (h, w), temporal_pairs=temporal_pairs)
+    if out.shape != (T, h * w):
+        raise ValueError(f"scout scores map to shape {tuple(out.shape)}, expected (T, h*w) = ({T}, {h * w})")
+    return out
+
+
+def _map_scores_fallback(scores, src_hw, dst_hw, temporal_pairs=False):  # pragma: no cover
+    T = scores.shape[0]
+    x = scores.view(T, 1, *src_hw)
+    x = torch.nn.functional.adaptive_avg_pool2d(x, dst_hw) if src_hw[0] >= dst_hw[0] else torch.nn.functional.interpolate(x, size=dst_hw)
+    x = x.reshape(T, -1)
+    if temporal_pairs:
+        if T % 2:
+            x = torch.cat([x, x[-1:]])
+        x = x.view(-1, 2, x.shape[1]).amax(1)
+    return x
+
+
+def denormalize_frames(pixels: torch.Tensor, mean, std, size: Optional[int]) -> torch.Tensor:
+    """(T, 3, H, W) normalised pixels -> (T, 3, S, S) float32 in [0, 1] for the scout."""
+    try:
+        from ..scout import frames_from_pixel_values
+
+        if size is None:
+            size = int(pixels.shape[-1]) if pixels.shape[-1] == pixels.shape[-2] else 224
+        return frames_from_pixel_values(pixels, mean, std, size)
+    except ImportError:  # pragma: no cover
+        m = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+        s = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
+        return (pixels.float() * s + m).clamp(0, 1)
+
+
+def _side_stream(state: VistaState, device):
+    s = state.side_streams.get(device)
+    if s is None:
+        s = torch.cuda.Stream(device=device)
+        state.side_streams[device] = s
+    return s
+
+
+def launch_scout(state: VistaState, items_frames: List[tuple], device) -> dict:
+    """Run the scout for every (video index, frames, question, dst_hw, temporal_pairs, T).
+
+    On CUDA the work goes to a side stream after an event recorded on the current stream; the
+    returned handle holds that stream's completion event, joined later by :func:`join_scout`
+    (``current_stream.wait_event``: no host synchronisation). On CPU it runs inline.
+    """
+    scout = state.scout
+    handle = {"scores": {}, "event": None, "t0": None, "t1": None, "seconds": 0.0}
+    if scout is None or not items_frames:
+        return handle
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        main = torch.cuda.current_stream(dev)
+        side = _side_stream(state, dev)
+        ready = torch.cuda.Event()
+        ready.record(main)
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(side):
+            side.wait_event(ready)
+            t0.record(side)
+            for idx, frames, q, hw, pairs, T in items_frames:
+                handle["scores"][idx] = scout_grid_scores(scout, frames, q, hw, pairs, T)
+            t1.record(side)
+        done = torch.cuda.Event()
+        done.record(side)
+        handle.update(event=done, t0=t0, t1=t1, stream=side)
+    else:
+        t = time.perf_counter()
+        for idx, frames, q, hw, pairs, T in items_frames:
+            handle["scores"][idx] = scout_grid_scores(scout, frames, q, hw, pairs, T)
+        handle["seconds"] = time.perf_counter() - t
+    return handle
+
+
+def join_scout(handle: dict, device) -> None:
+    ev = handle.get("event")
+    if ev is None:
+        return
+    main = torch.cuda.current_stream(torch.device(device))
+    main.wait_event(ev)
+    for s in handle["scores"].values():
+        s.record_stream(main)  # allocated on the side stream, used on the main one
+
+
+# ----------------------------------------------------------------------------------------------
+# the prune step
+# ----------------------------------------------------------------------------------------------
+def prune_items(state: VistaState, inner, items: List[VideoItem], scout_handle: Optional[dict]) -> List[PrunedVideo]:
+    """Prune every video of the batch at once with ``vista.prune_videos``; record last_prune_info."""
+    cfg = state.config
+    dev = items[0].x.device
+    D = items[0].x.shape[-1]
+    qs = [question_embedding(inner, it, D, dev) for it in items]
+    scores = [None] * len(items)
+    if scout_handle is not None:
+        join_scout(scout_handle, dev)
+        for i, it in enumerate(items):
+            s = scout_handle["scores"].get(it.index)
+            if s is not None:
+                scores[i] = s.to(dev)
+    if dev.type == "cuda":
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        pruned = prune_videos([it.x for it in items], qs, scores, cfg)
+        e1.record()
+        prune_t = (e0, e1)
+    else:
+        t = time.perf_counter()
+        pruned = prune_videos([it.x for it in items], qs, scores, cfg)
+        prune_t = time.perf_counter() - t
+    scout_t = None
+    if scout_handle is not None:
+        scout_t = (scout_handle["t0"], scout_handle["t1"]) if scout_handle.get("event") is not None else scout_handle["seconds"]
+    state.last_info = [
+        {
+            "pruned": pv,
+            "grid": tuple(int(v) for v in it.grid),
+            "question": it.question,
+            "timings": {"prune_s": prune_t, "scout_s": scout_t if scores[i] is not None else 0.0},
+            "_batch_row": it.row,
+        }
+        for i, (it, pv) in enumerate(zip(items, pruned))
+    ]
+    return pruned
+
+
+def resolve_info(state: VistaState) -> List[dict]:
+    """last_info with CUDA event timings turned into seconds (this synchronises)."""
+    out = []
+    for d in state.last_info:
+        t = {}
+        for k, v in d["timings"].items():
+            if isinstance(v, tuple):
+                v[1].synchronize()
+                t[k] = v[0].elapsed_time(v[1]) / 1000.0
+            else:
+                t[k] = float(v) if v is not None else 0.0
+        out.append({"pruned": d["pruned"], "grid": d["grid"], "question": d["question"], "timings": t})
+    return out
+
+
+def notice_once(key: str, message: str, _seen=set()) -> None:
+    if key in _seen:
+        return
+    _seen.add(key)
+    logger.warning(message)
+    warnings.warn(message, stacklevel=3)
+
+
+__all__ = [
+    "VideoItem",
+    "VistaState",
+    "assign_questions",
+    "bind_arguments",
+    "check_config",
+    "check_scout",
+    "get_state",
+    "launch_scout",
+    "patch_attr",
+    "prune_items",
+    "question_token_ids",
+    "resolve_info",
+    "unpatch_all",
+]

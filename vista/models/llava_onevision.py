@@ -1,0 +1,166 @@
+"""LLaVA-OneVision / LLaVA-Video (``LlavaOnevisionForConditionalGeneration``, transformers 5.x).
+
+Video path of the stock model: SigLIP -> projector -> bilinear 2x2 pooling (27x27 -> 14x14 = 196
+tokens a frame) -> all frames concatenated -> one ``image_newline`` token appended to the video.
+The processor emits ``T * 196 + 1`` ``<video>`` placeholders.
+
+With Vista (retention < 1): the pooled (T, 196, D) features are pruned to
+``retained_count(T, 196, retention)`` rows; ``config.newline == "grid"`` keeps the model's own
+newline token after them (its layout for videos), ``"none"`` drops it. The patched processor emits
+``retained_count + 1`` (grid) or ``retained_count`` (none) placeholders. The LLM sees ordinary 1-D
+positions over the shorter sequence.
+"""
+from __future__ import annotations
+
+import math
+from typing import List
+
+import torch
+
+from ..budget import retained_count
+from .common import VideoItem, _InstanceHook, patch_attr
+
+FAMILY = "llava_onevision"
+MODEL_TYPES = ("llava_onevision",)
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class LlavaOnevisionAdapter:
+    family = FAMILY
+    temporal_pairs = False
+
+    # --- model structure ----------------------------------------------------------------------
+    @staticmethod
+    def matches(model) -> bool:
+        return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES
+
+    @staticmethod
+    def inner(model):
+        inner = getattr(model, "model", None)
+        if inner is not None and hasattr(inner, "get_video_features") and hasattr(inner, "language_model"):
+            return inner
+        if hasattr(model, "get_video_features") and hasattr(model, "language_model"):
+            return model
+        raise TypeError(f"model must be a LlavaOnevisionForConditionalGeneration, got {type(model).__name__}")
+
+    @staticmethod
+    def video_token_id(config) -> int:
+        return int(config.video_token_id)
+
+    @staticmethod
+    def placeholder_ids(config) -> List[int]:
+        return [int(config.video_token_id), int(config.image_token_id)]
+
+    @staticmethod
+    def pooled_hw(config):
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        return math.ceil(side / 2), math.ceil(side / 2)
+
+    # --- counts -------------------------------------------------------------------------------
+    @staticmethod
+    def placeholder_count(item: VideoItem, config) -> int:
+        T, h, w = item.grid
+        if config.retention >= 1.0:
+            return T * h * w + 1
+        return retained_count(T, h * w, config.retention) + (1 if config.newline == "grid" else 0)
+
+    @staticmethod
+    def full_count(item: VideoItem) -> int:
+        T, h, w = item.grid
+        return T * h * w + 1
+
+    # --- video features -----------------------------------------------------------------------
+    @staticmethod
+    def video_kwargs(args: dict) -> dict:
+        return {
+            "pixel_values_videos": args.get("pixel_values_videos"),
+            "vision_feature_layer": args.get("vision_feature_layer"),
+            "vision_feature_select_strategy": args.get("vision_feature_select_strategy"),
+        }
+
+    def grids(self, inner, args: dict):
+        pv = args["pixel_values_videos"]
+        h, w = self.pooled_hw(inner.config)
+        return [(int(pv.shape[1]), h, w)] * int(pv.shape[0])
+
+    def split(self, inner, video_out, args: dict) -> List[VideoItem]:
+        po = video_out.pooler_output  # (B_v, T*N + 1, D)
+        h, w = self.pooled_hw(inner.config)
+        N = h * w
+        if po.dim() != 3 or (po.shape[1] - 1) % N:
+            raise ValueError(f"unexpected LLaVA-OneVision video features of shape {tuple(po.shape)} (N={N} a frame)")
+        T = (po.shape[1] - 1) // N
+        items = []
+        for k in range(po.shape[0]):
+            it = VideoItem(index=k, grid=(T, h, w), x=po[k, : T * N].reshape(T, N, po.shape[-1]))
+            it.extra["newline"] = po[k, T * N :]
+            items.append(it)
+        return items
+
+    @staticmethod
+    def assemble(video_out, items, pruned, config):
+        rows = []
+        for it, pv in zip(items, pruned):
+            rows.append(pv.tokens)
+            if config.newline == "grid":
+                rows.append(it.extra["newline"].to(pv.tokens.dtype))
+        feats = torch.cat(rows, 0).unsqueeze(0)  # (1, total, D): the forward flattens (0, 1)
+        new = type(video_out)(**dict(video_out.items()))
+        new.pooler_output = feats
+        return new
+
+    @staticmethod
+    def image_features(inner, args: dict):
+        return inner.get_image_features(
+            args["pixel_values"],
+            args.get("image_sizes"),
+            vision_feature_layer=args.get("vision_feature_layer"),
+            vision_feature_select_strategy=args.get("vision_feature_select_strategy"),
+            batch_num_images=args.get("batch_num_images"),
+            return_dict=True,
+        )
+
+    # --- scout input ----------------------------------------------------------------------------
+    @staticmethod
+    def scout_pixels(args: dict, k: int, inner=None) -> torch.Tensor:
+        """(T, 3, H, W) normalised pixels of video k."""
+        return args["pixel_values_videos"][k]
+
+    @staticmethod
+    def norm_stats(processor):
+        vp = getattr(processor, "video_processor", None)
+        mean = getattr(vp, "image_mean", None) or _CLIP_MEAN
+        std = getattr(vp, "image_std", None) or _CLIP_STD
+        return mean, std
+
+    def before_forward(self, state, inner, args, items, pruned):
+        return None
+
+    # --- processor ----------------------------------------------------------------------------
+    @staticmethod
+    def check_processor(processor):
+        if type(processor).__name__ != "LlavaOnevisionProcessor" and not hasattr(processor, "num_image_tokens"):
+            raise ValueError(
+                f"processor must be the model's LlavaOnevisionProcessor, got {type(processor).__name__}"
+            )
+
+    @staticmethod
+    def patch_processor(state, processor):
+        orig = processor.replace_video_token  # bound class method
+
+        def replace_video_token(video_inputs, video_idx, **kwargs):
+            cfg = state.config
+            if cfg.retention >= 1.0:
+                return orig(video_inputs, video_idx, **kwargs)
+            video = video_inputs["pixel_values_videos"][video_idx]
+            T = len(video) if isinstance(video, (list, tuple)) else int(video.shape[0])
+            side = math.ceil(int(math.sqrt(processor.num_image_tokens)) / 2)
+            n = retained_count(T, side * side, cfg.retention) + (1 if cfg.newline == "grid" else 0)
+            return processor.video_token * n
+
+        patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))
+
+
+ADAPTER = LlavaOnevisionAdapter()

@@ -1,0 +1,282 @@
+"""Qwen2.5-VL (``Qwen2_5_VLForConditionalGeneration``, transformers 5.x).
+
+Video path of the stock model: frames are patchified in temporal pairs (temporal patch 2), the
+vision tower merges 2x2 patches, so video k yields ``t * h * w`` tokens with ``video_grid_thw[k] =
+(t, 2h, 2w)``; one token covers a temporal pair of frames. Tokens are in (t, h, w) raster order and
+get 3-D M-RoPE position ids (t, h, w) from ``get_rope_index``.
+
+With Vista (retention < 1): video k is pruned to ``retained_count(t, h*w, retention)`` tokens; the
+patched processor emits that many ``<|video_pad|>`` placeholders. ``get_rope_index`` is wrapped: it
+expands every pruned video back to its full grid, calls the stock ``get_rope_index`` on the
+expanded sequence and keeps the ids of the kept tokens, so
+
+* kept video tokens carry their original (t, h, w) position ids,
+* text after a video continues from the position the unpruned model gives it,
+* ``rope_deltas`` = unpruned max position + 1 - pruned length, so decoding continues where the
+  unpruned model would.
+
+``generate()`` computes position ids before the prefill (before the kept tokens are known); the
+forward wrapper recomputes the vision rows of ``position_ids`` once the pruning has run.
+"""
+from __future__ import annotations
+
+import functools
+from typing import List
+
+import torch
+
+from ..budget import retained_count
+from .common import VideoItem, _InstanceHook, get_state, patch_attr
+
+FAMILY = "qwen2_5_vl"
+MODEL_TYPES = ("qwen2_5_vl",)
+
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def unpatchify_video(pixels: torch.Tensor, grid_thw, patch_size: int, merge_size: int, temporal_patch_size: int):
+    """Inverse of the Qwen2-VL video processor's patchify for one video.
+
+    Args:
+        pixels: (t*H*W, 3*tp*p*p) normalised patches of one video (H, W in patches).
+        grid_thw: (t, H, W).
+    Returns:
+        (t*tp, 3, H*p, W*p) normalised frames (the processor's padding frame included).
+    """
+    t, H, W = (int(v) for v in grid_thw)
+    p, m, tp = patch_size, merge_size, temporal_patch_size
+    C = pixels.shape[-1] // (tp * p * p)
+    x = pixels.reshape(t, H // m, W // m, m, m, C, tp, p, p)
+    x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8)  # (t, tp, C, H/m, m, p, W/m, m, p)
+    return x.reshape(t * tp, C, H * p, W * p)
+
+
+class Qwen2_5_VLAdapter:
+    family = FAMILY
+    temporal_pairs = True
+
+    @staticmethod
+    def matches(model) -> bool:
+        return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES
+
+    @staticmethod
+    def inner(model):
+        inner = getattr(model, "model", None)
+        if inner is not None and hasattr(inner, "get_rope_index"):
+            return inner
+        if hasattr(model, "get_rope_index"):
+            return model
+        raise TypeError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
+
+    @staticmethod
+    def video_token_id(config) -> int:
+        return int(config.video_token_id)
+
+    @staticmethod
+    def placeholder_ids(config) -> List[int]:
+        return [int(config.video_token_id), int(config.image_token_id), int(config.vision_start_token_id),
+                int(config.vision_end_token_id)]
+
+    @staticmethod
+    def merge(config) -> int:
+        return int(config.vision_config.spatial_merge_size)
+
+    # --- counts -------------------------------------------------------------------------------
+    @staticmethod
+    def placeholder_count(item: VideoItem, config) -> int:
+        T, h, w = item.grid
+        if config.retention >= 1.0:
+            return T * h * w
+        return retained_count(T, h * w, config.retention)
+
+    @staticmethod
+    def full_count(item: VideoItem) -> int:
+        T, h, w = item.grid
+        return T * h * w
+
+    # --- video features -----------------------------------------------------------------------
+    @staticmethod
+    def video_kwargs(args: dict) -> dict:
+        return {"pixel_values_videos": args.get("pixel_values_videos"), "video_grid_thw": args.get("video_grid_thw")}
+
+    def grids(self, inner, args: dict):
+        m = self.merge(inner.config)
+        thw = args.get("video_grid_thw")
+        if thw is None:
+            raise ValueError("video_grid_thw is required with pixel_values_videos")
+        return [(int(t), int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
+
+    def split(self, inner, video_out, args: dict) -> List[VideoItem]:
+        po = video_out.pooler_output
+        if isinstance(po, torch.Tensor):
+            po = (po,)
+        grids = self.grids(inner, args)
+        if len(po) != len(grids):
+            raise ValueError(f"{len(po)} video feature blocks for {len(grids)} entries of video_grid_thw")
+        items = []
+        for k, (f, g) in enumerate(zip(po, grids)):
+            T, h, w = g
+            if f.shape[0] != T * h * w:
+                raise ValueError(f"video {k}: {f.shape[0]} features for a {T}x{h}x{w} token grid")
+            items.append(VideoItem(index=k, grid=g, x=f.reshape(T, h * w, f.shape[-1])))
+        return items
+
+    @staticmethod
+    def assemble(video_out, items, pruned, config):
+        new = type(video_out)(**dict(video_out.items()))
+        new.pooler_output = tuple(pv.tokens for pv in pruned)
+        return new
+
+    @staticmethod
+    def image_features(inner, args: dict):
+        return inner.get_image_features(args["pixel_values"], args.get("image_grid_thw"), return_dict=True)
+
+    # --- scout input ----------------------------------------------------------------------------
+    def scout_pixels(self, args: dict, k: int, inner=None) -> torch.Tensor:
+        thw = args["video_grid_thw"]
+        sizes = thw.prod(-1).tolist()
+        start = int(sum(sizes[:k]))
+        vc = inner.config.vision_config
+        px = args["pixel_values_videos"][start : start + int(sizes[k])]
+        return unpatchify_video(px, thw[k].tolist(), int(vc.patch_size), int(vc.spatial_merge_size), int(vc.temporal_patch_size))
+
+    @staticmethod
+    def norm_stats(processor):
+        vp = getattr(processor, "video_processor", None)
+        mean = getattr(vp, "image_mean", None) or _CLIP_MEAN
+        std = getattr(vp, "image_std", None) or _CLIP_STD
+        return mean, std
+
+    # --- positions ----------------------------------------------------------------------------
+    def before_forward(self, state, inner, args, items, pruned):
+        """Store the kept raster indices; recompute the vision rows of given ``position_ids``."""
+        state.kept = [pv.frame_index * (it.grid[1] * it.grid[2]) + pv.token_index for it, pv in zip(items, pruned)]
+        pos = args.get("position_ids")
+        ids = args.get("input_ids")
+        tt = args.get("mm_token_type_ids")
+        if pos is None or ids is None or tt is None or pos.dim() != 3:
+            return  # the stock forward computes them through the patched get_rope_index
+        new, deltas = inner.get_rope_index(
+            ids,
+            tt,
+            image_grid_thw=args.get("image_grid_thw"),
+            video_grid_thw=args.get("video_grid_thw"),
+            second_per_grid_ts=args.get("second_per_grid_ts"),
+            attention_mask=args.get("attention_mask") if isinstance(args.get("attention_mask"), torch.Tensor) else None,
+        )
+        new = new.to(pos.device, pos.dtype)
+        args["position_ids"] = torch.cat([pos[:1], new], 0) if pos.shape[0] == 4 else new
+        inner.rope_deltas = deltas
+
+    def patch_model_extra(self, state, model, inner):
+        orig = inner.get_rope_index
+        adapter = self
+
+        @functools.wraps(orig)
+        def get_rope_index(input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                           second_per_grid_ts=None, attention_mask=None, **kwargs):
+            st = get_state(model)
+            if st is None or not st.active or video_grid_thw is None or mm_token_type_ids is None:
+                return orig(input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                            second_per_grid_ts=second_per_grid_ts, attention_mask=attention_mask, **kwargs)
+            return adapter._rope_index(st, inner, orig, input_ids, mm_token_type_ids, image_grid_thw,
+                                       video_grid_thw, second_per_grid_ts, attention_mask, kwargs)
+
+        patch_attr(state, inner, "get_rope_index", get_rope_index)
+
+    def _rope_index(self, state, inner, orig, input_ids, types, image_grid_thw, video_grid_thw, second_per_grid_ts,
+                    attention_mask, kwargs):
+        m = self.merge(inner.config)
+        grids = [(int(t), int(h) // m, int(w) // m) for t, h, w in video_grid_thw.tolist()]
+        full = [t * h * w for t, h, w in grids]
+        short = [retained_count(t, h * w, state.config.retention) for t, h, w in grids]
+        kept = state.kept
+        B, L = input_ids.shape
+        dev = input_ids.device
+        rows = []  # (expanded ids, expanded types, map old valid index -> new index)
+        vk = 0
+        for b in range(B):
+            valid = attention_mask[b].bool() if attention_mask is not None else torch.ones(L, dtype=torch.bool, device=dev)
+            ids_b = input_ids[b][valid]
+            ty_b = types[b][valid].to(dev)
+            vals, counts = torch.unique_consecutive(ty_b, return_counts=True)
+            new_ids, new_ty, index_map = [], [], []
+            o = n = 0
+            for v, c in zip(vals.tolist(), counts.tolist()):
+                seg_ids, seg_ty = ids_b[o : o + c], ty_b[o : o + c]
+                if v == 2:
+                    if vk >= len(grids):
+                        raise ValueError("more video placeholder runs in input_ids than entries in video_grid_thw")
+                    if c == full[vk]:
+                        new_ids.append(seg_ids)
+                        new_ty.append(seg_ty)
+                        index_map.append(torch.arange(n, n + c, device=dev))
+                        n += c
+                    elif c == short[vk]:
+                        new_ids.append(seg_ids[:1].expand(full[vk]))
+                        new_ty.append(seg_ty[:1].expand(full[vk]))
+                        if kept is not None and vk < len(kept) and kept[vk].numel() == c:
+                            sel = kept[vk].to(dev)
+                        else:  # kept tokens not known yet (generate prepares positions before prefill)
+                            sel = torch.arange(c, device=dev)
+                        index_map.append(n + sel)
+                        n += full[vk]
+                    else:
+                        raise ValueError(
+                            f"video {vk}: {c} placeholder tokens, expected {short[vk]} (retention "
+                            f"{state.config.retention}) or {full[vk]} (unpruned)"
+                        )
+                    vk += 1
+                else:
+                    new_ids.append(seg_ids)
+                    new_ty.append(seg_ty)
+                    index_map.append(torch.arange(n, n + c, device=dev))
+                    n += c
+                o += c
+            rows.append((torch.cat(new_ids), torch.cat(new_ty), torch.cat(index_map), int(valid.sum())))
+        Lx = max(r[0].shape[0] for r in rows)
+        x_ids = torch.zeros(B, Lx, dtype=input_ids.dtype, device=dev)
+        x_ty = torch.zeros(B, Lx, dtype=types.dtype, device=dev)
+        x_mask = torch.zeros(B, Lx, dtype=torch.long, device=dev)
+        for b, (ii, tt, _, _) in enumerate(rows):
+            x_ids[b, Lx - ii.shape[0]:] = ii
+            x_ty[b, Lx - ii.shape[0]:] = tt.to(types.dtype)
+            x_mask[b, Lx - ii.shape[0]:] = 1
+        pos_x, delta_x = orig(x_ids, x_ty, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                              second_per_grid_ts=second_per_grid_ts, attention_mask=x_mask, **kwargs)
+        position_ids = torch.zeros(3, B, L, dtype=pos_x.dtype, device=dev)
+        deltas = delta_x.clone()
+        for b, (ii, _, imap, n_valid) in enumerate(rows):
+            off = Lx - ii.shape[0]
+            vals = pos_x[:, b, off + imap]
+            if attention_mask is not None:
+                position_ids[:, b, attention_mask[b].bool()] = vals
+            else:
+                position_ids[:, b] = vals
+            deltas[b] = delta_x[b] + (ii.shape[0] - n_valid)
+        return position_ids, deltas
+
+    # --- processor ----------------------------------------------------------------------------
+    @staticmethod
+    def check_processor(processor):
+        if not hasattr(processor, "video_processor") or not hasattr(processor, "video_token"):
+            raise ValueError(f"processor must be the model's Qwen2_5_VLProcessor, got {type(processor).__name__}")
+
+    @staticmethod
+    def patch_processor(state, processor):
+        orig = processor.replace_video_token
+
+        def replace_video_token(video_inputs, video_idx, **kwargs):
+            cfg = state.config
+            if cfg.retention >= 1.0:
+                return orig(video_inputs, video_idx, **kwargs)
+            t, H, W = (int(v) for v in video_inputs["video_grid_thw"][video_idx])
+            m = int(processor.video_processor.merge_size)
+            n = retained_count(t, (H // m) * (W // m), cfg.retention)
+            return processor.video_token * n
+
+        patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))
+
+
+ADAPTER = Qwen2_5_VLAdapter()

@@ -1,0 +1,485 @@
+"""One call from a video and a question to an answer, with Vista pruning the visual tokens.
+
+    from vista.pipeline import VistaPipeline
+    pipe = VistaPipeline("path/to/llava-onevision", scout_path="path/to/blip2-itm", retention=0.15)
+    res = pipe.ask("clip.mp4", "What is the man holding?", max_new_tokens=64)
+    print(res.answer, res.summary())
+    res.save_map("map.png")
+
+``VistaPipeline`` loads the backbone (``vista.models.load_pretrained``) and optionally the semantic
+scout, patches the model with ``vista.models.apply_vista``, and for each ``ask`` decodes and samples
+the video (``vista.video``), builds the prompt with the processor's chat template, runs
+``generate`` and returns an :class:`AskResult` with the answer, the token counts before and after
+pruning, per-phase timings and the pruning record (``vista.models.last_prune_info``). An evaluation
+harness can hold one pipeline and call ``ask`` many times; ``VistaPipeline.from_components`` wraps
+an already loaded model/processor/scout.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .config import VistaConfig
+from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames
+
+# Phases reported by AskResult.timings (seconds), in display order. Phases measured inside the
+# patched model (vision, scout, prune, ...) come from last_prune_info and are added when present.
+PHASES = ("load", "decode", "preprocess", "vision", "scout", "prune", "prefill", "generate", "total")
+
+
+class PipelineError(ValueError):
+    """A pipeline that cannot run: bad model/scout path, bad argument, unsupported model."""
+
+
+@dataclass
+class AskResult:
+    """The answer to one question about one video, and what Vista did to get it.
+
+    answer: the generated text (special tokens removed, stripped).
+    question: the question asked.
+    frames: number of video frames given to the model.
+    frames_requested: number of frames asked for (more than ``frames`` for very short videos).
+    tokens_before / tokens_after: visual tokens entering the LLM without / with Vista (the
+        video placeholders of the prompt; LLaVA adds one newline token to a video's T*196).
+    timings: seconds per phase (see ``PHASES``): ``load`` model (+ scout) loading, once per
+        pipeline; ``decode`` video decoding and sampling; ``preprocess`` the processor; ``scout``
+        and ``prune`` as measured inside the patched model; ``prefill`` the rest of the time to the
+        first token (vision tower, projector, LLM prefill); ``generate`` the remaining tokens;
+        ``total`` decode to the last token (without ``load``).
+    prune: ``vista.models.last_prune_info(model)``: one dict per video with ``pruned`` (a
+        ``vista.PrunedVideo``), ``grid`` (T, h, w), ``question`` and ``timings``.
+    new_tokens: number of generated tokens.
+    video: the sampled :class:`vista.video.Video` (its frames are what the model saw).
+    config: the VistaConfig used.
+    notes: remarks, e.g. a short video that gave fewer frames than asked.
+    """
+
+    answer: str
+    question: str
+    frames: int
+    frames_requested: int
+    tokens_before: int
+    tokens_after: int
+    timings: Dict[str, float]
+    prune: List[Dict[str, Any]]
+    new_tokens: int = 0
+    video: Optional[Video] = None
+    config: Optional[VistaConfig] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def retention(self) -> float:
+        """Fraction of visual tokens kept (tokens_after / tokens_before)."""
+        return self.tokens_after / self.tokens_before if self.tokens_before else 1.0
+
+    @property
+    def ttft_s(self) -> Optional[float]:
+        """Seconds from the start of video decoding to the first generated token."""
+        if "total" not in self.timings or "generate" not in self.timings:
+            return None
+        return max(0.0, self.timings["total"] - self.timings["generate"])
+
+    @property
+    def pruned(self):
+        """The first video's ``PrunedVideo`` (None when the model recorded none)."""
+        return self.prune[0]["pruned"] if self.prune else None
+
+    def summary(self) -> str:
+        """One line: frames, tokens before -> after, per-phase timings."""
+        fr = f"{self.frames} frames"
+        if self.frames < self.frames_requested:
+            fr += f" (of {self.frames_requested} asked)"
+        parts = [fr, f"visual tokens {self.tokens_before} -> {self.tokens_after} ({100.0 * self.retention:.1f}%)"]
+        times = "  ".join(f"{k} {self.timings[k]:.2f}s" for k in _ordered(self.timings) if k not in ("total", "load"))
+        if times:
+            parts.append(times)
+        if "total" in self.timings:
+            parts.append(f"total {self.timings['total']:.2f}s"
+                         + (f" (+ load {self.timings['load']:.2f}s)" if "load" in self.timings else ""))
+        return " | ".join(parts)
+
+    def segments(self) -> List[Dict[str, Any]]:
+        """Per segment of the first video: id, first/last frame, relevance, tokens kept."""
+        p = self.pruned
+        if p is None:
+            return []
+        seg = p.segment_id.tolist()
+        bud = p.budgets.tolist()
+        rel = p.relevance.tolist()
+        out = []
+        for m, r in enumerate(rel):
+            idx = [t for t, s in enumerate(seg) if s == m]
+            if idx:
+                out.append({"segment": m, "first_frame": idx[0], "last_frame": idx[-1], "relevance": float(r),
+                            "tokens": int(sum(bud[t] for t in idx))})
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable record (what ``vista ask --json`` prints)."""
+        p = self.pruned
+        rec: Dict[str, Any] = {
+            "answer": self.answer,
+            "question": self.question,
+            "video": self.video.source if self.video is not None else None,
+            "frames": self.frames,
+            "frames_requested": self.frames_requested,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "retention": None if self.config is None else self.config.retention,
+            "kept_fraction": round(self.retention, 6),
+            "new_tokens": self.new_tokens,
+            "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 6),
+            "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
+            "budgets": None if p is None else [int(b) for b in p.budgets.tolist()],
+            "segment_id": None if p is None else [int(s) for s in p.segment_id.tolist()],
+            "segments": self.segments(),
+            "grid": None if not self.prune else [int(g) for g in self.prune[0].get("grid") or ()],
+            "config": None if self.config is None else self.config.to_dict(),
+            "notes": list(self.notes),
+            "summary": self.summary(),
+        }
+        return rec
+
+    def save_map(self, path, max_frames: int = 16):
+        """Write the token-map PNG of the first video (see ``vista.viz.save_token_map``)."""
+        from .viz import save_token_map
+
+        if self.pruned is None or self.video is None:
+            raise PipelineError("no pruning record to draw: the model did not run Vista on a video")
+        grid = self.prune[0].get("grid")
+        return save_token_map(path, self.video.frames, self.pruned, grid, question=self.question,
+                              max_frames=max_frames)
+
+
+def _ordered(timings: Dict[str, float]) -> List[str]:
+    known = [k for k in PHASES if k in timings]
+    return known + sorted(k for k in timings if k not in PHASES)
+
+
+def _check_config(config, retention) -> VistaConfig:
+    if config is None:
+        config = VistaConfig()
+    if not isinstance(config, VistaConfig):
+        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
+    if retention is not None:
+        config = config.replace(retention=retention)
+    return config
+
+
+def _check_max_new_tokens(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise PipelineError(f"max_new_tokens must be an int >= 1, got {n!r}")
+    return int(n)
+
+
+class _TokenProgress:
+    """A generate() streamer: times the first token (prefill) and drives a tqdm bar."""
+
+    def __init__(self, total: int, show: bool):
+        self.calls = 0
+        self.t_first: Optional[float] = None
+        self.count = 0
+        self.bar = None
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="generating", unit="tok", leave=False)
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 1:  # the prompt
+            return
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        n = int(value.numel()) if hasattr(value, "numel") else 1
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def end(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _ProgressScout:
+    """A scout seen through a tqdm bar: scores the frames in chunks and counts them.
+
+    Scores are per frame, so chunking gives the same result; every other attribute (grid_hw,
+    image_size, ...) is the wrapped scout's.
+    """
+
+    def __init__(self, scout, chunk: int = 16):
+        self._scout = scout
+        self._chunk = chunk
+
+    def __getattr__(self, name):
+        return getattr(self._scout, name)
+
+    def scores(self, frames, question, **kwargs):
+        import torch
+        from tqdm import tqdm
+
+        n = len(frames)
+        if n <= self._chunk:
+            with tqdm(total=n, desc="scout", unit="frame", leave=False) as bar:
+                out = self._scout.scores(frames, question, **kwargs)
+                bar.update(n)
+            return out
+        parts = []
+        with tqdm(total=n, desc="scout", unit="frame", leave=False) as bar:
+            for s in range(0, n, self._chunk):
+                part = frames[s : s + self._chunk]
+                parts.append(self._scout.scores(part, question, **kwargs))
+                bar.update(len(part))
+        return torch.cat(parts, dim=0)
+
+
+def _models():
+    try:
+        from . import models
+    except ImportError as e:  # pragma: no cover - the backbones module is part of the package
+        raise PipelineError(f"vista.models is not available ({e})") from None
+    return models
+
+
+class VistaPipeline:
+    """Backbone (+ scout) patched with Vista, ready to answer questions about videos.
+
+    Args:
+        model_path: directory of a transformers LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL
+            checkpoint with its processor (``save_pretrained`` layout).
+        scout_path: optional BLIP-2 ITM checkpoint directory for the semantic scout; without it
+            every kept token is a DPC-KNN anchor.
+        config: VistaConfig (default: retention 0.15); ``retention`` overrides its retention.
+        device: "cpu", "cuda", "cuda:1", ...; dtype: torch dtype or its name ("bfloat16"), None =
+            the loader's default.
+        num_frames: frames sampled from each video (default 64, the paper's setting).
+        progress: tqdm bars for decoding and generation.
+    """
+
+    def __init__(self, model_path, scout_path=None, config: Optional[VistaConfig] = None, device="cpu",
+                 dtype=None, *, retention: Optional[float] = None, num_frames: int = DEFAULT_NUM_FRAMES,
+                 attn_implementation: Optional[str] = None, progress: bool = False):
+        self.config = _check_config(config, retention)
+        self.num_frames = check_num_frames(num_frames)
+        self.progress = bool(progress)
+        self.timings: Dict[str, float] = {}
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise PipelineError(f"model_path must be a directory path, got {type(model_path).__name__}")
+        model_path = os.fspath(model_path)
+        if not os.path.isdir(model_path):
+            raise PipelineError(f"model path {model_path}: no such directory")
+        if scout_path is not None:
+            scout_path = os.fspath(scout_path)
+            if not os.path.isdir(scout_path):
+                raise PipelineError(f"scout path {scout_path}: no such directory")
+        _check_device(device)
+        models = _models()
+        dtype = _resolve_dtype(dtype)
+        if attn_implementation is None and str(device).startswith("cpu"):
+            attn_implementation = "sdpa"  # flash-attn is CUDA-only: no fallback notice on CPU
+        t0 = time.perf_counter()
+        model, processor = models.load_pretrained(model_path, device=device, dtype=dtype,
+                                                  attn_implementation=attn_implementation)
+        scout = None
+        if scout_path is not None:
+            from .scout import SemanticScout
+
+            scout = SemanticScout.from_pretrained(scout_path, device=str(_model_device(model)))
+        self._setup(model, processor, scout)
+        self.timings["load"] = time.perf_counter() - t0
+        self.model_path, self.scout_path = model_path, scout_path
+
+    @classmethod
+    def from_components(cls, model, processor, scout=None, config: Optional[VistaConfig] = None, *,
+                        retention: Optional[float] = None, num_frames: int = DEFAULT_NUM_FRAMES,
+                        progress: bool = False) -> "VistaPipeline":
+        """A pipeline around an already loaded model, processor and (optional) scout."""
+        self = cls.__new__(cls)
+        self.config = _check_config(config, retention)
+        self.num_frames = check_num_frames(num_frames)
+        self.progress = bool(progress)
+        self.timings = {}
+        self.model_path = self.scout_path = None
+        self._setup(model, processor, scout)
+        return self
+
+    def _setup(self, model, processor, scout):
+        if processor is None or not hasattr(processor, "apply_chat_template"):
+            raise PipelineError("processor must be a transformers multimodal processor with a chat template")
+        self.model, self.processor, self.scout = model, processor, scout
+        # with progress on, the model sees the scout through a wrapper that drives a tqdm bar
+        self._model_scout = _ProgressScout(scout) if (self.progress and scout is not None) else scout
+        _models().apply_vista(model, self.config, scout=self._model_scout, processor=processor)
+
+    @property
+    def device(self):
+        return _model_device(self.model)
+
+    def set_config(self, config: VistaConfig) -> None:
+        """Switch the patched model to another VistaConfig (e.g. another retention)."""
+        config = _check_config(config, None)
+        _models().apply_vista(self.model, config, scout=self._model_scout, processor=self.processor)
+        self.config = config
+
+    # ----------------------------------------------------------------------------------- ask
+    def build_prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        try:
+            return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # missing/broken template
+            raise PipelineError(f"the processor's chat template failed: {e}") from None
+
+    def prepare(self, video: Video, question: str):
+        """Processor inputs (on the model's device) for one video and question."""
+        import torch
+
+        prompt = self.build_prompt(question)
+        frames = video.frames
+        inputs = self.processor(text=[prompt], videos=[frames], return_tensors="pt")
+        dev = self.device
+        dtype = getattr(self.model, "dtype", None)
+        out = {}
+        for k, v in inputs.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(dev)
+                if v.is_floating_point() and dtype is not None:
+                    v = v.to(dtype)
+            out[k] = v
+        return out
+
+    def ask(self, video, question: str, max_new_tokens: int = 128, *, num_frames: Optional[int] = None,
+            do_sample: bool = False, **generate_kwargs) -> AskResult:
+        """Answer ``question`` about ``video`` (a path, an image folder, a Video or a frame array).
+
+        Greedy decoding by default. Raises VideoError / PipelineError (ValueErrors) on bad input.
+        """
+        import torch
+
+        if not isinstance(question, str) or not question.strip():
+            raise PipelineError("question must be a non-empty string")
+        max_new_tokens = _check_max_new_tokens(max_new_tokens)
+        n = self.num_frames if num_frames is None else check_num_frames(num_frames)
+        timings: Dict[str, float] = {}
+        if "load" in self.timings:
+            timings["load"] = self.timings["load"]
+        t_start = time.perf_counter()
+        v = as_video(video, n, progress=self.progress)
+        # a Video decoded earlier (vista.video.load_video) carries its own decode time
+        timings["decode"] = v.decode_seconds if isinstance(video, Video) else time.perf_counter() - t_start
+        t_start -= v.decode_seconds if isinstance(video, Video) else 0.0
+
+        t = time.perf_counter()
+        inputs = self.prepare(v, question)
+        timings["preprocess"] = time.perf_counter() - t
+
+        models = _models()
+        streamer = _TokenProgress(max_new_tokens, self.progress)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                      streamer=streamer, question=question, **generate_kwargs)
+        t_end = time.perf_counter()
+        streamer.end()
+        first = streamer.t_first if streamer.t_first is not None else t_end
+        prune = list(models.last_prune_info(self.model) or [])
+        inner: Dict[str, float] = {}
+        for rec in prune:
+            for k, val in (rec.get("timings") or {}).items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    k = k[:-2] if k.endswith("_s") else k  # "scout_s" -> "scout"
+                    inner[k] = inner.get(k, 0.0) + float(val)
+        timings.update(inner)
+        # the scout runs inline on CPU but beside the vision tower on a CUDA side stream
+        inline = inner.get("prune", 0.0) + (inner.get("scout", 0.0) if self.device.type == "cpu" else 0.0)
+        timings["prefill"] = max(0.0, (first - t) - inline)
+        timings["generate"] = t_end - first
+        timings["total"] = t_end - t_start
+
+        input_len = inputs["input_ids"].shape[1]
+        new = out[0, input_len:] if out.shape[1] > input_len else out[0, :0]
+        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+        before, after = self._token_counts(inputs, prune)
+        return AskResult(
+            answer=answer, question=question, frames=v.num_frames, frames_requested=n,
+            tokens_before=before, tokens_after=after, timings=timings, prune=prune,
+            new_tokens=int(new.numel()), video=v, config=self.config, notes=list(v.notes),
+        )
+
+    def _token_counts(self, inputs, prune):
+        """Visual tokens the LLM receives without Vista and with it.
+
+        ``after`` counts the video placeholders in the prompt the patched processor built (kept
+        tokens, plus LLaVA's newline token in the "grid" layout); ``before`` adds back what the
+        pruner removed (and the newline the "none" layout drops), i.e. the stock model's count.
+        """
+        cfg = getattr(self.model, "config", None)
+        vid = getattr(cfg, "video_token_id", None)
+        if vid is None:
+            vid = getattr(cfg, "video_token_index", None)
+        after = int((inputs["input_ids"] == int(vid)).sum()) if vid is not None else 0
+        if not prune:
+            return after, after
+        removed = sum(int(r["pruned"].keep.numel()) - int(r["pruned"].num_tokens) for r in prune)
+        if self.config.newline == "none" and _family(self.model) == "llava_onevision":
+            removed += len(prune)
+        if vid is None:  # unknown placeholder: fall back to the pruner's own counts
+            return (sum(int(r["pruned"].keep.numel()) for r in prune),
+                    sum(int(r["pruned"].num_tokens) for r in prune))
+        return after + removed, after
+
+
+def _family(model) -> Optional[str]:
+    try:
+        return _models().family_of(model)
+    except (ValueError, TypeError):
+        return None
+
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _resolve_dtype(dtype):
+    """None, a torch.dtype, or its name ("bfloat16", "bf16", "float16", "float32")."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().replace("torch.", "") in _DTYPES:
+        return getattr(torch, _DTYPES[dtype.lower().replace("torch.", "")])
+    raise PipelineError(f"dtype must be None, a torch dtype or one of {sorted(set(_DTYPES.values()))}, got {dtype!r}")
+
+
+def _check_device(device) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PipelineError(f"device {device!r} is not a valid torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise PipelineError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+
+
+def _model_device(model):
+    import torch
+
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+__all__ = ["AskResult", "PHASES", "PipelineError", "VideoError", "VistaPipeline"]

@@ -1,0 +1,528 @@
+"""Video input for Vista: decode a file (PyAV) or a folder of images into uniformly sampled frames.
+
+``load_video(path, num_frames=64)`` returns a :class:`Video` whose ``frames`` is a
+``(T, H, W, 3)`` uint8 RGB array. Sampling is uniform in *time* (presentation timestamps), so
+variable-frame-rate videos are sampled evenly over their duration; display rotation metadata is
+applied; a video with fewer frames than asked gives all of its frames and says so in
+``Video.notes``. Anything that cannot be read raises :class:`VideoError` (a ``ValueError``) with a
+one-line message that names the file and the problem.
+
+Also here: ``synthetic_video`` (moving shapes with scene cuts, for the offline demo and tests) and
+``write_video`` (encode frames to a file with PyAV).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+DEFAULT_NUM_FRAMES = 64  # the paper's sampling protocol (PAPER §4.1)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class VideoError(ValueError):
+    """A video that cannot be used: missing, empty, corrupt, unsupported, or a bad argument."""
+
+
+@dataclass
+class Video:
+    """Frames sampled from one video.
+
+    frames: (T, H, W, 3) uint8 RGB, in time order, rotation metadata already applied.
+    timestamps: (T,) seconds of each sampled frame (frame index / 1 fps for image folders).
+    indices: (T,) index of each sampled frame among the source's frames (presentation order).
+    total_frames: number of frames the source holds (decoded, for video files).
+    requested: number of frames asked for.
+    fps: average frame rate of the source (None for image folders or when unknown).
+    rotation: counter-clockwise display rotation applied, in degrees (0 when none).
+    source: the path it came from ("<synthetic>" for generated videos).
+    notes: human-readable remarks (e.g. "only 5 frames; using all of them").
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    total_frames: int
+    requested: int
+    fps: Optional[float] = None
+    rotation: int = 0
+    source: str = ""
+    notes: List[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def duration(self) -> float:
+        """Seconds spanned by the source's frames (first to last sampled timestamp)."""
+        if len(self.timestamps) < 2:
+            return 0.0
+        return float(self.timestamps[-1] - self.timestamps[0])
+
+    def summary(self) -> str:
+        return (f"{self.num_frames} frames of {self.total_frames} ({self.width}x{self.height}"
+                + (f", {self.fps:.3g} fps" if self.fps else "") + ")")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def check_num_frames(num_frames) -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)):
+        raise VideoError(f"frames must be a whole number >= 1, got {num_frames!r}")
+    if num_frames < 1:
+        raise VideoError(f"frames must be >= 1, got {num_frames}")
+    return int(num_frames)
+
+
+def uniform_indices(total: int, num: int) -> np.ndarray:
+    """``num`` distinct indices in [0, total) spread evenly, first and last included.
+
+    With ``num >= total`` every index is returned.
+    """
+    if total < 1:
+        raise VideoError("cannot sample from an empty video")
+    num = check_num_frames(num)
+    if num >= total:
+        return np.arange(total, dtype=np.int64)
+    if num == 1:
+        return np.array([(total - 1) // 2], dtype=np.int64)
+    return np.round(np.linspace(0, total - 1, num)).astype(np.int64)  # distinct since num < total
+
+
+def sample_by_time(times: Sequence[float], num: int) -> np.ndarray:
+    """Indices of ``num`` distinct frames closest to evenly spaced instants over [times[0], times[-1]].
+
+    ``times`` must be non-decreasing (presentation order). Works for variable frame rates: the
+    instants are uniform in time, not in frame count. Each chosen index is strictly greater than
+    the previous one, so no frame is used twice; with ``num >= len(times)`` all frames are used.
+    """
+    t = np.asarray(times, dtype=np.float64)
+    K = t.shape[0]
+    num = check_num_frames(num)
+    if K == 0:
+        raise VideoError("cannot sample from an empty video")
+    if num >= K:
+        return np.arange(K, dtype=np.int64)
+    if not np.all(np.isfinite(t)) or t[-1] <= t[0]:
+        return uniform_indices(K, num)
+    if num == 1:
+        targets = np.array([(t[0] + t[-1]) / 2])
+    else:
+        targets = np.linspace(t[0], t[-1], num)
+    pos = np.searchsorted(t, targets)  # first index with t >= target
+    out = np.empty(num, dtype=np.int64)
+    prev = -1
+    for j, (tau, p) in enumerate(zip(targets, pos)):
+        cand = min(int(p), K - 1)
+        if cand > 0 and abs(t[cand - 1] - tau) <= abs(t[cand] - tau):
+            cand -= 1  # nearest; ties go to the earlier frame
+        # distinct and increasing, leaving room for the remaining picks
+        cand = max(cand, prev + 1)
+        cand = min(cand, K - (num - j))
+        out[j] = cand
+        prev = cand
+    return out
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _one_line(exc: BaseException) -> str:
+    strerror = getattr(exc, "strerror", None)  # FFmpegError: the message without errno and path
+    if isinstance(strerror, str) and strerror.strip():
+        return strerror.strip().splitlines()[0]
+    msg = str(exc).strip().splitlines()
+    return msg[0] if msg else type(exc).__name__
+
+
+def _rotate(img: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply a counter-clockwise display rotation (degrees, multiple of 90) to an HxWxC image."""
+    k = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
+
+
+def _frame_size(w: int, h: int, max_side: Optional[int]) -> Tuple[int, int]:
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    s = max_side / max(w, h)
+    return max(2, int(round(w * s)) // 2 * 2), max(2, int(round(h * s)) // 2 * 2)
+
+
+def _open_container(path: str):
+    import av
+
+    try:
+        return av.open(path, mode="r")
+    except av.error.FFmpegError as e:  # InvalidDataError, DemuxerNotFoundError, ...
+        raise VideoError(f"{path}: not a readable video ({_one_line(e)})") from None
+    except (OSError, UnicodeError) as e:
+        raise VideoError(f"{path}: cannot open ({_one_line(e)})") from None
+
+
+def _video_stream(container, path: str):
+    streams = container.streams.video
+    if len(streams) == 0:
+        raise VideoError(f"{path}: contains no video stream")
+    stream = streams[0]
+    if stream.codec_context is None:
+        raise VideoError(f"{path}: unsupported video codec")
+    return stream
+
+
+def _packet_times(path: str) -> Tuple[List[int], Fraction, Optional[float], str]:
+    """Presentation timestamps (pts) of the video stream's packets (demux only, no decoding), sorted."""
+    import av
+
+    container = _open_container(path)
+    try:
+        stream = _video_stream(container, path)
+        codec_name = getattr(stream.codec_context, "name", "?")
+        pts = []
+        try:
+            for pkt in container.demux(stream):
+                if pkt.size == 0 or pkt.pts is None:
+                    continue
+                pts.append(int(pkt.pts))
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: corrupt video data ({_one_line(e)})") from None
+        fps = float(stream.average_rate) if stream.average_rate else None
+        return sorted(pts), Fraction(stream.time_base or Fraction(1, 1)), fps, codec_name
+    finally:
+        container.close()
+
+
+def _decode(path: str, wanted: dict, out_size, progress: bool, total: int):
+    """Decode the video stream once.
+
+    ``wanted`` maps a frame key -- its pts, or ``("#", i)`` for the i-th decoded frame -- to an
+    output slot. Returns ({slot: (rgb, rotation)}, [pts of every decoded frame, None if unknown]).
+    """
+    import av
+
+    container = _open_container(path)
+    got: Dict[int, Tuple[np.ndarray, int]] = {}
+    seen: List[Optional[int]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total or None, desc="decoding", unit="frame", leave=False)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                seen.append(None if frame.pts is None else int(frame.pts))
+                slot = wanted.get(("#", i))
+                if slot is None and frame.pts is not None:
+                    slot = wanted.get(int(frame.pts))
+                if slot is not None and slot not in got:
+                    w, h = _frame_size(frame.width, frame.height, out_size)
+                    rgb = frame.to_ndarray(format="rgb24", width=w, height=h)
+                    got[slot] = (rgb, int(frame.rotation or 0))
+                if bar is not None:
+                    bar.update(1)
+        except av.error.DecoderNotFoundError as e:
+            raise VideoError(f"{path}: unsupported video codec ({_one_line(e)})") from None
+        except av.error.FFmpegError as e:
+            if not seen:
+                raise VideoError(f"{path}: cannot decode video ({_one_line(e)})") from None
+            # a truncated tail: keep what decoded
+    finally:
+        if bar is not None:
+            bar.close()
+        container.close()
+    return got, seen
+
+
+def _load_video_file(path: str, num_frames: int, max_side: Optional[int], progress: bool) -> Video:
+    pts, tb, fps, codec = _packet_times(path)
+    notes: List[str] = []
+    seen: List[Optional[int]] = []
+    # First try: choose frames from the demuxed timestamps, decode once and keep those.
+    if pts and len(set(pts)) == len(pts):
+        times = np.asarray([float(p * tb) for p in pts])
+        sel = sample_by_time(times, num_frames)
+        wanted = {pts[int(i)]: j for j, i in enumerate(sel)}
+        got, seen = _decode(path, wanted, max_side, progress, len(pts))
+        if len(got) == len(sel):
+            frames = [got[j] for j in range(len(sel))]
+            return _finish(path, frames, times[sel], sel, len(pts), num_frames, fps, notes)
+    # Fallback (missing/duplicate timestamps, or frames the decoder dropped): choose among the
+    # frames that actually decode, by their decoded order.
+    if not seen:
+        _, seen = _decode(path, {}, max_side, progress and not pts, len(pts))
+    if not seen:
+        raise VideoError(f"{path}: contains no decodable video frames (codec {codec})")
+    if all(p is not None for p in seen) and np.all(np.diff(np.asarray(seen, dtype=np.int64)) > 0):
+        times = np.asarray([float(p * tb) for p in seen])
+        sel = sample_by_time(times, num_frames)
+        ts = times[sel]
+    else:
+        sel = uniform_indices(len(seen), num_frames)
+        ts = sel / fps if fps else sel.astype(np.float64)
+    wanted = {("#", int(i)): j for j, i in enumerate(sel)}
+    got, _ = _decode(path, wanted, max_side, False, len(seen))
+    if len(got) != len(sel):
+        raise VideoError(f"{path}: frames changed between two decodes; the file may be corrupt")
+    frames = [got[j] for j in range(len(sel))]
+    return _finish(path, frames, ts, sel, len(seen), num_frames, fps, notes)
+
+
+def _finish(path, frames, ts, sel, total, requested, fps, notes) -> Video:
+    k = int(round((frames[0][1] if frames else 0) / 90.0)) % 4
+    rotation = (0, 90, 180, -90)[k]  # normalised: -180 and 180 are the same turn
+    imgs = [_rotate(rgb, rot) for rgb, rot in frames]
+    shape = imgs[0].shape
+    if any(im.shape != shape for im in imgs):  # resolution changes mid-stream
+        imgs = [_resize(im, shape[1], shape[0]) for im in imgs]
+        notes.append("frame size changes within the video; frames resized to the first one's")
+    if total < requested:
+        notes.append(f"video has only {total} frame{'s' if total != 1 else ''}; using all of them "
+                     f"(asked for {requested})")
+    return Video(
+        frames=np.stack(imgs),
+        timestamps=np.asarray(ts, dtype=np.float64) - (float(ts[0]) if len(ts) else 0.0),
+        indices=np.asarray(sel, dtype=np.int64),
+        total_frames=int(total),
+        requested=int(requested),
+        fps=fps,
+        rotation=int(rotation),
+        source=path,
+        notes=notes,
+    )
+
+
+def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _natural_key(name: str):
+    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
+
+
+def list_images(folder: str) -> List[str]:
+    names = [n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+    return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
+
+
+def _read_image(path: str, max_side: Optional[int]) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # EXIF orientation
+            im = im.convert("RGB")
+            w, h = _frame_size(im.width, im.height, max_side)
+            if (w, h) != im.size:
+                im = im.resize((w, h), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise VideoError(f"{path}: not a readable image ({_one_line(e)})") from None
+
+
+def _load_images(paths: List[str], source: str, num_frames: int, max_side: Optional[int], progress: bool) -> Video:
+    sel = uniform_indices(len(paths), num_frames)
+    it = sel
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(sel, desc="reading images", unit="image", leave=False)
+    imgs = [_read_image(paths[int(i)], max_side) for i in it]
+    notes: List[str] = []
+    h, w = imgs[0].shape[:2]
+    if any(im.shape[:2] != (h, w) for im in imgs):
+        imgs = [im if im.shape[:2] == (h, w) else _resize(im, w, h) for im in imgs]
+        notes.append(f"images differ in size; resized to {w}x{h}")
+    if len(paths) < num_frames:
+        notes.append(f"only {len(paths)} image{'s' if len(paths) != 1 else ''}; using all of them "
+                     f"(asked for {num_frames})")
+    return Video(
+        frames=np.stack(imgs),
+        timestamps=sel.astype(np.float64),
+        indices=sel,
+        total_frames=len(paths),
+        requested=num_frames,
+        fps=None,
+        rotation=0,
+        source=source,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- public
+
+
+def load_video(path, num_frames: int = DEFAULT_NUM_FRAMES, *, max_side: Optional[int] = None,
+               progress: bool = False) -> Video:
+    """Decode ``path`` and sample ``num_frames`` frames uniformly in time.
+
+    Args:
+        path: a video file (anything FFmpeg reads), a single image, or a folder of images
+            (sorted in natural order: frame2.png before frame10.png).
+        num_frames: frames to sample (default 64). Fewer frames in the source: all are used and
+            ``Video.notes`` says so.
+        max_side: if set, frames are scaled down so that their longer side is at most this.
+        progress: show a tqdm progress bar while decoding.
+    Raises:
+        VideoError: missing path, empty file, no video stream, corrupt data, unsupported codec,
+            empty folder, bad ``num_frames``.
+    """
+    t0 = time.perf_counter()
+    video = _load(path, check_num_frames(num_frames), max_side, progress)
+    video.decode_seconds = time.perf_counter() - t0
+    return video
+
+
+def _load(path, num_frames: int, max_side: Optional[int], progress: bool) -> Video:
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2):
+        raise VideoError(f"max_side must be None or an int >= 2, got {max_side!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise VideoError(f"video path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        paths = list_images(path)
+        if not paths:
+            raise VideoError(f"{path}: folder contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        return _load_images(paths, path, num_frames, max_side, progress)
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"{path}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: file is empty (0 bytes)")
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return _load_images([path], path, num_frames, max_side, progress)
+    return _load_video_file(path, num_frames, max_side, progress)
+
+
+def as_video(video, num_frames: int = DEFAULT_NUM_FRAMES, **kw) -> Video:
+    """A :class:`Video` from a path, a Video, or a (T, H, W, 3) uint8 array / list of frames."""
+    if isinstance(video, Video):
+        return video
+    if isinstance(video, (str, os.PathLike)):
+        return load_video(video, num_frames, **kw)
+    arr = np.asarray(video) if not isinstance(video, np.ndarray) else video
+    if arr.dtype == object or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
+        raise VideoError(f"video must be a path, a Video, or a (T, H, W, 3) array; got shape {getattr(arr, 'shape', None)}")
+    if arr.dtype != np.uint8:
+        raise VideoError(f"video frames must be uint8 RGB, got dtype {arr.dtype}")
+    num_frames = check_num_frames(num_frames)
+    sel = uniform_indices(arr.shape[0], num_frames)
+    notes = []
+    if arr.shape[0] < num_frames:
+        notes.append(f"only {arr.shape[0]} frames; using all of them (asked for {num_frames})")
+    return Video(frames=np.ascontiguousarray(arr[sel]), timestamps=sel.astype(np.float64), indices=sel,
+                 total_frames=int(arr.shape[0]), requested=num_frames, source="<array>", notes=notes)
+
+
+def synthetic_video(num_frames: int = 16, height: int = 96, width: int = 128, seed: int = 0,
+                    scenes: int = 3) -> Video:
+    """A deterministic synthetic clip: moving shapes over ``scenes`` different backgrounds.
+
+    Scene cuts fall at evenly spaced frames; inside a scene a red disc and a blue square move
+    across a gradient background, so consecutive frames are similar and cuts are not.
+    """
+    num_frames = check_num_frames(num_frames)
+    if height < 8 or width < 8:
+        raise VideoError(f"synthetic video needs height and width >= 8, got {height}x{width}")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    palettes = rng.integers(70, 236, size=(max(1, scenes), 2, 3)).astype(np.float32)
+    scene_of = (np.arange(num_frames) * max(1, scenes)) // num_frames
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        s = int(scene_of[t])
+        a, b = palettes[s]
+        ramp = ((xx / width) if s % 2 == 0 else (yy / height))[..., None]
+        img = a * (1 - ramp) + b * ramp
+        phase = (t - np.argmax(scene_of == s)) / max(1, num_frames // max(1, scenes))
+        cx = width * (0.2 + 0.6 * phase)
+        cy = height * (0.5 + 0.25 * math.sin(2 * math.pi * phase + s))
+        r = 0.16 * min(height, width)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (220, 40, 40)
+        sx = width * (0.8 - 0.6 * phase)
+        sy = height * (0.25 + 0.2 * (s % 3))
+        half = 0.11 * min(height, width)
+        img[(abs(xx - sx) <= half) & (abs(yy - sy) <= half)] = (40, 60, 220)
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    idx = np.arange(num_frames, dtype=np.int64)
+    return Video(frames=frames, timestamps=idx / 8.0, indices=idx, total_frames=num_frames,
+                 requested=num_frames, fps=8.0, source="<synthetic>")
+
+
+def write_video(path, frames, fps: float = 8.0, codec: str = "mpeg4", *, pts: Optional[Sequence[int]] = None,
+                time_base: Optional[Fraction] = None, rotation: int = 0) -> str:
+    """Encode (T, H, W, 3) uint8 RGB ``frames`` to ``path`` with PyAV.
+
+    ``pts`` (with ``time_base``) give explicit presentation timestamps, e.g. for a variable frame
+    rate; ``rotation`` stores a counter-clockwise display rotation in the container.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[0] < 1:
+        raise VideoError(f"frames must be a non-empty (T, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        raise VideoError(f"frame height and width must be even for yuv420p, got {W}x{H}")
+    path = os.fspath(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        if codec in ("libx264", "h264"):
+            stream.options = {"preset": "ultrafast", "tune": "zerolatency"}
+        if pts is not None:
+            if len(pts) != T:
+                raise VideoError(f"pts must have one entry per frame ({T}), got {len(pts)}")
+            stream.codec_context.time_base = time_base or Fraction(1, 1000)
+            stream.time_base = time_base or Fraction(1, 1000)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for t in range(T):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[t]), format="rgb24")
+            if pts is not None:
+                f.pts = int(pts[t])
+                f.time_base = stream.codec_context.time_base
+            for pkt in stream.encode(f):
+                container.mux(pkt)
+        for pkt in stream.encode():
+            container.mux(pkt)
+    return path
+
+
+__all__ = [
+    "DEFAULT_NUM_FRAMES",
+    "Video",
+    "VideoError",
+    "as_video",
+    "list_images",
+    "load_video",
+    "sample_by_time",
+    "synthetic_video",
+    "uniform_indices",
+    "write_video",
+]
