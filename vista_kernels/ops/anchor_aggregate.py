@@ -2,8 +2,9 @@
 
 Two kernels per frame chunk, after the geometry pass:
 * ``_anchor_assign_kernel``: for every row, argmin over the kept columns of |x_j|^2 - 2 G_ij
-  (= ||x_i - x_j||^2 - |x_i|^2, from G and the squared norms; the reference's score and order), ties to the lower index (``tl.min`` with left tie-break
-  inside a tile, strict ``<`` across tiles). Kept tokens point to themselves, invalid tokens get -1.
+  (= ||x_i - x_j||^2 - |x_i|^2, from G and the squared norms: the reference's score and order),
+  ties to the lower index (``tl.min`` with left tie-break inside a tile, strict ``<`` across
+  tiles). Kept tokens point to themselves, invalid tokens get -1.
 * ``_anchor_aggregate_kernel``: program (frame, anchor row block, D block) sums its anchors'
   clusters as a fixed-order ``tl.dot(members, X)`` (members is the 0/1 cluster matrix, exact in any
   dtype; fp32 accumulation) - no atomics, deterministic run to run - then writes

@@ -40,7 +40,7 @@ def _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df):
     g = tl.load(g_f + rows[:, None] * N + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
     sqi = tl.load(sq_f + rows, mask=rmask, other=0.0)
     sqj = tl.load(sq_f + cols, mask=cmask, other=0.0)
-    d2 = (g * -2.0 + sqi[:, None]) + sqj[None, :]
+    d2 = (sqi[:, None] + sqj[None, :]) + g * -2.0  # symmetric, as the reference
     d2 = tl.maximum(d2, 0.0)
     d2 = tl.math.div_rn(d2, tl.zeros_like(d2) + Df)
     return tl.where(rows[:, None] == cols[None, :], 0.0, d2)
@@ -214,7 +214,7 @@ def dpc_scores_triton(x, valid=None, k: int = 7, *, max_gram_elems: Optional[int
 
 
 def _rho_from_gram(g, sq, valid, D, k):
-    d2 = (g * -2.0).add_(sq[:, :, None]).add_(sq[:, None, :]).clamp_(min=0.0).div_(D)
+    d2 = (sq[:, :, None] + sq[:, None, :]).add_(g, alpha=-2.0).clamp_(min=0.0).div_(D)
     from ..reference.dpc import _knn_rho_inplace
     return _knn_rho_inplace(d2, valid, k)
 

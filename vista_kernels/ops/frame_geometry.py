@@ -183,6 +183,9 @@ class Geometry:
             nf = min(step, F - f0)
             g = buf[:nf]
             self._launch(f0, nf, g)
+            # Squared norms from G's own diagonal (as the reference does): bit-identical tokens are
+            # then exactly 0 apart, and (sq_i + sq_j) - 2 G_ij is exactly symmetric.
+            self.sq[f0 : f0 + nf] = g.diagonal(dim1=1, dim2=2)
             yield f0, f0 + nf, g
 
     def means(self) -> torch.Tensor:
