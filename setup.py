@@ -18,6 +18,9 @@ setup(
         "transformers>=5.0,<6",
         "numpy",
         "tqdm",
+        "av",
+        "pillow",
+        "matplotlib",
     ],
     extras_require={
         "test": [

@@ -145,6 +145,7 @@ def plan_budgets(
     retention: float | None = None,
     config: VistaConfig | None = None,
     valid: torch.Tensor | None = None,
+    frame_stats: tuple | None = None,
 ) -> BudgetPlan:
     """Per-frame token budgets for one video.
 
@@ -154,6 +155,8 @@ def plan_budgets(
         retention: kept fraction in (0, 1]; defaults to ``config.retention``.
         config: VistaConfig (tau, min_frame_ratio, backend).
         valid: optional (T, N) bool; frame means use valid tokens only (padding excluded).
+        frame_stats: optional precomputed ``(means (T, D) fp32, cosine (T-1,) fp32)`` of x (e.g.
+            from the fused Triton geometry pass) so x is not read again here.
     Returns:
         BudgetPlan with budgets (T,) int64 in [1, N] summing to retained_count(T, N, retention),
         segment_id (T,) int64, relevance (M,) float32, the cosines and the tau used.
@@ -169,8 +172,11 @@ def plan_budgets(
     valid = check_valid(valid, x)
     T, N, _ = x.shape
     tau = config.tau if config.tau is not None else (0.80 if retention >= 0.20 else 0.95)
-    f = vk.frame_means_torch(x, valid)  # (T, D) fp32, one pass over x
-    cos = cosine_of_means(f)
+    if frame_stats is not None:
+        f, cos = frame_stats
+    else:
+        f = vk.frame_means_torch(x, valid)  # (T, D) fp32, one pass over x
+        cos = cosine_of_means(f)
     boundary = (cos < tau).to(torch.int64)
     segment_id = torch.cat([torch.zeros(1, dtype=torch.int64, device=x.device), boundary.cumsum(0)])
     M = int(segment_id[-1]) + 1

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
     p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ask,demo}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ask,demo,eval,train-scout}")
 
     def common(sp, frames_default):
         sp.add_argument("--retention", type=_retention, default=0.15, metavar="R",
@@ -286,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video")
     common(d, 16)
     d.set_defaults(func=cmd_demo)
+
+    from .eval.cli import add_eval_parser
+    from .scout.train import add_train_scout_parser
+
+    add_eval_parser(sub)
+    add_train_scout_parser(sub)
     return p
 
 

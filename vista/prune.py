@@ -94,7 +94,6 @@ def prune_videos(
         scout_scores = [None] * len(xs)
     if not isinstance(scout_scores, (list, tuple)) or len(scout_scores) != len(xs):
         raise ValueError(f"scout_scores must be None or a list with one entry per video ({len(xs)})")
-    plans = []
     for b, (x, q, s) in enumerate(zip(xs, qs, scout_scores)):
         name = "x" if len(xs) == 1 else f"xs[{b}]"
         x = check_tokens(x, name)
@@ -105,13 +104,43 @@ def prune_videos(
         check_question(q, x)
         if s is not None:
             check_scores(s, x, "scout_scores" if len(xs) == 1 else f"scout_scores[{b}]")
-        with trusted_inputs():
-            plans.append(plan_budgets(x, q, config.retention, config))
 
     device = xs[0].device
     Ns = [int(x.shape[1]) for x in xs]
     Ts = [int(x.shape[0]) for x in xs]
     N = max(Ns)
+    starts = [sum(Ts[:b]) for b in range(len(xs))]
+    if len(xs) == 1:
+        X, valid, S = xs[0], None, scout_scores[0]
+    else:  # one (sum T, max N, D) tensor; padding tokens are invalid everywhere
+        D = xs[0].shape[-1]
+        dtype = xs[0].dtype
+        X = torch.zeros(sum(Ts), N, D, dtype=dtype, device=device)
+        valid = torch.zeros(sum(Ts), N, dtype=torch.bool, device=device)
+        for x, t0, T, n in zip(xs, starts, Ts, Ns):
+            X[t0 : t0 + T, :n] = x.to(dtype)
+            valid[t0 : t0 + T, :n] = True
+        S = None
+        if any(s is not None for s in scout_scores):
+            S = torch.zeros(sum(Ts), N, dtype=torch.float32, device=device)
+            for s, t0, T, n in zip(scout_scores, starts, Ts, Ns):
+                if s is not None:
+                    S[t0 : t0 + T, :n] = s.float()
+
+    backend = vk.resolve_backend(config.backend, X)
+    fused = None
+    if backend == "triton":
+        # One geometry pass gives the Gram matrices, frame means and cosines of every frame.
+        from vista_kernels.ops import FusedPruner
+
+        fused = FusedPruner(X, valid)
+        means, cos = fused.frame_means(), fused.frame_cosine()
+    plans = []
+    with trusted_inputs():
+        for x, q, t0, T in zip(xs, qs, starts, Ts):
+            stats = None if fused is None else (means[t0 : t0 + T], cos[t0 : t0 + T - 1])
+            plans.append(plan_budgets(x, q, config.retention, config, frame_stats=stats))
+
     all_kept = all(int(p.budgets.sum()) == T * n for p, T, n in zip(plans, Ts, Ns))
     if all_kept:  # retention 1.0 (or budgets covering everything): an exact no-op
         results = []
@@ -126,43 +155,27 @@ def prune_videos(
             results.append(_assemble(x.reshape(T * n, -1), keep, foveal, assign, p))
         return results
 
-    if len(xs) == 1:
-        X, valid = xs[0], None
-        S = scout_scores[0]
-    else:
-        D = xs[0].shape[-1]
-        dtype = xs[0].dtype
-        X = torch.zeros(sum(Ts), N, D, dtype=dtype, device=device)
-        valid = torch.zeros(sum(Ts), N, dtype=torch.bool, device=device)
-        t0 = 0
-        for x, T, n in zip(xs, Ts, Ns):
-            X[t0 : t0 + T, :n] = x.to(dtype)
-            valid[t0 : t0 + T, :n] = True
-            t0 += T
-        S = None
-        if any(s is not None for s in scout_scores):
-            S = torch.full((sum(Ts), N), 0.0, dtype=torch.float32, device=device)
-            t0 = 0
-            for s, T, n in zip(scout_scores, Ts, Ns):
-                if s is not None:
-                    S[t0 : t0 + T, :n] = s.float()
-                t0 += T
     budgets = torch.cat([p.budgets for p in plans])
     has_scout = torch.cat(
         [torch.full((T,), s is not None, dtype=torch.bool, device=device) for s, T in zip(scout_scores, Ts)]
     )
     with trusted_inputs():
-        keep, foveal = select_tokens(
-            X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=config.backend,
-            has_scout=has_scout,
-        )
-        if vk.resolve_backend(config.backend, X) == "torch":
+        if fused is not None:
+            valid_all = valid if valid is not None else torch.ones(X.shape[:2], dtype=torch.bool, device=device)
+            k_f = torch.where(has_scout, foveal_counts(budgets, config.scout_ratio, True), torch.zeros_like(budgets))
+            foveal = stable_topk_mask(S, k_f, valid_all) if S is not None else torch.zeros_like(valid_all)
+            keep, x_out, assign = fused.select_and_aggregate(
+                budgets - k_f, valid_all & ~foveal, extra_keep=foveal, alpha=config.alpha, k=config.knn_k
+            )
+            kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
+        else:
+            keep, foveal = select_tokens(
+                X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=backend,
+                has_scout=has_scout,
+            )
             # Reference path: blend and gather only the kept rows (no copy of the whole video).
             _, kept_ok, rows, assign = anchor_aggregate_kept_torch(X, keep, config.alpha, valid, _checked=True)
             kept_rows = lambda sl, n: rows[sl][kept_ok[sl]]  # noqa: E731
-        else:
-            x_out, assign = vk.anchor_aggregate(X, keep, alpha=config.alpha, valid=valid, backend=config.backend)
-            kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
 
     results = []
     t0 = 0

@@ -1,0 +1,186 @@
+"""vista.pipeline: VistaPipeline.ask end to end on tiny saved random models (CPU, no download)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("av")
+
+import vista  # noqa: E402
+from vista.pipeline import AskResult, PipelineError, VistaPipeline  # noqa: E402
+from vista.video import VideoError, synthetic_video, write_video  # noqa: E402
+
+QUESTION = "what color is the ball on the left ?"
+
+
+def tiny_dir(tmp_path_factory, kind: str) -> str:
+    """Build a tiny saved model once per test session (shared with tests/test_cli.py)."""
+    d = tmp_path_factory.getbasetemp() / "vista_tiny" / kind
+    if not (d / "config.json").exists():
+        if kind == "llava":
+            from vista.tiny_models import build_tiny_llava_onevision as build
+        elif kind == "qwen":
+            from vista.tiny_models import build_tiny_qwen2_5_vl as build
+        else:
+            from vista.scout import build_tiny_scout as build
+        build(str(d), seed=0)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    return tiny_dir(tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="module")
+def scout(tmp_path_factory):
+    return tiny_dir(tmp_path_factory, "scout")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    v = synthetic_video(8, height=64, width=64, seed=1)
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", v.frames)
+
+
+@pytest.fixture(scope="module")
+def pipe(llava, scout):
+    return VistaPipeline(llava, scout_path=scout, config=vista.VistaConfig(retention=0.15), num_frames=8)
+
+
+@pytest.fixture(scope="module")
+def result(pipe, clip):
+    return pipe.ask(clip, QUESTION, max_new_tokens=4)
+
+
+def test_ask_result(result):
+    assert isinstance(result, AskResult)
+    assert isinstance(result.answer, str) and result.answer == result.answer.strip()
+    assert result.frames == 8 and result.frames_requested == 8 and result.notes == []
+    # LLaVA-OneVision: T*196 tokens + one newline token a video ("grid" layout keeps it)
+    assert result.tokens_before == 8 * 196 + 1
+    assert result.tokens_after == vista.retained_count(8, 196, 0.15) + 1
+    assert 1 <= result.new_tokens <= 4
+    info = result.prune[0]
+    assert tuple(info["grid"]) == (8, 14, 14)
+    p = result.pruned
+    assert p.num_tokens == result.tokens_after - 1 and int(p.budgets.sum()) == p.num_tokens
+    assert p.foveal.any()  # the scout chose tokens
+    for k in ("decode", "preprocess", "scout", "prune", "prefill", "generate", "total", "load"):
+        assert result.timings[k] >= 0.0, k
+    t = result.timings
+    assert t["total"] >= t["decode"] + t["preprocess"] + t["generate"]
+    assert result.ttft_s == pytest.approx(t["total"] - t["generate"])
+
+
+def test_summary_and_json_agree(result):
+    s = result.summary()
+    assert "8 frames" in s and f"visual tokens 1569 -> {result.tokens_after}" in s
+    rec = json.loads(json.dumps(result.to_dict()))
+    assert rec["answer"] == result.answer and rec["summary"] == s
+    assert rec["tokens_before"] == 1569 and rec["tokens_after"] == result.tokens_after
+    assert sum(rec["budgets"]) == rec["tokens_after"] - 1 and len(rec["budgets"]) == 8
+    assert sum(seg["tokens"] for seg in rec["segments"]) == sum(rec["budgets"])
+    assert rec["grid"] == [8, 14, 14] and rec["config"]["retention"] == 0.15
+
+
+def test_save_map(result, tmp_path):
+    from PIL import Image
+
+    from vista.viz import token_map_size
+
+    m = result.save_map(tmp_path / "map.png")
+    img = Image.open(m.path)
+    assert img.size == (m.width, m.height) == token_map_size(8, (64, 64))
+    assert np.asarray(img.convert("L")).std() > 20
+
+
+def test_answer_matches_stock_model_at_full_retention(llava, clip):
+    """retention 1.0: the pipeline's prompt + greedy decoding give the unpatched model's answer."""
+    from vista.models import load_pretrained
+    from vista.video import load_video
+
+    pipe = VistaPipeline(llava, config=vista.VistaConfig(retention=1.0), num_frames=8)
+    res = pipe.ask(clip, QUESTION, max_new_tokens=4)
+    assert res.tokens_before == res.tokens_after == 8 * 196 + 1  # stock path: the placeholders
+
+    model, proc = load_pretrained(llava, attn_implementation="sdpa")
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    prompt = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    inputs = proc(text=[prompt], videos=[load_video(clip, 8).frames], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expect = proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    assert res.answer == expect
+
+
+def test_short_video_and_no_scout(llava, tmp_path):
+    p = write_video(tmp_path / "short.mp4", synthetic_video(5, height=32, width=32).frames)
+    pipe = VistaPipeline(llava, config=vista.VistaConfig(retention=0.2), num_frames=8)
+    res = pipe.ask(p, QUESTION, max_new_tokens=2)
+    assert res.frames == 5 and res.frames_requested == 8
+    assert res.tokens_before == 5 * 196 + 1 and res.tokens_after == vista.retained_count(5, 196, 0.2) + 1
+    assert "(of 8 asked)" in res.summary() and "only 5 frames" in res.notes[0]
+    assert not res.pruned.foveal.any()  # no scout: anchors only
+    pipe.set_config(vista.VistaConfig(retention=0.5))
+    res2 = pipe.ask(p, QUESTION, max_new_tokens=1)
+    assert res2.tokens_after == vista.retained_count(5, 196, 0.5) + 1 and pipe.config.retention == 0.5
+    pipe.set_config(vista.VistaConfig(retention=0.5, newline="none"))
+    res3 = pipe.ask(p, QUESTION, max_new_tokens=1)
+    assert (res3.tokens_before, res3.tokens_after) == (5 * 196 + 1, vista.retained_count(5, 196, 0.5))
+
+
+def test_qwen2_5_vl(tmp_path_factory, scout):
+    qwen = tiny_dir(tmp_path_factory, "qwen")
+    pipe = VistaPipeline(qwen, scout_path=scout, config=vista.VistaConfig(retention=0.25), num_frames=6)
+    frames = synthetic_video(6, height=56, width=84).frames  # an array is a video too
+    res = pipe.ask(frames, QUESTION, max_new_tokens=2)
+    T, h, w = res.prune[0]["grid"]
+    assert T == 3 and res.tokens_before == T * h * w  # two frames a token frame
+    assert res.tokens_after == vista.retained_count(T, h * w, 0.25)
+    m = res.save_map(tmp_path_factory.mktemp("q") / "q.png")
+    assert os.path.getsize(m.path) > 0
+
+
+def test_errors(llava, pipe, clip, tmp_path):
+    with pytest.raises(PipelineError, match="no such directory"):
+        VistaPipeline(tmp_path / "nope")
+    (tmp_path / "config.json").write_text(open(os.path.join(llava, "config.json")).read())
+    with pytest.raises(ValueError, match="weights"):
+        VistaPipeline(tmp_path)
+    with pytest.raises(PipelineError, match="scout path"):
+        VistaPipeline(llava, scout_path=tmp_path / "noscout")
+    with pytest.raises(PipelineError, match="device"):
+        VistaPipeline(llava, device="gpu:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="CUDA is not available"):
+            VistaPipeline(llava, device="cuda")
+    with pytest.raises(PipelineError, match="dtype"):
+        VistaPipeline(llava, dtype="float8")
+    with pytest.raises(PipelineError, match="question"):
+        pipe.ask(clip, "   ")
+    with pytest.raises(PipelineError, match="max_new_tokens"):
+        pipe.ask(clip, QUESTION, max_new_tokens=0)
+    with pytest.raises(VideoError, match="no such file"):
+        pipe.ask(tmp_path / "missing.mp4", QUESTION)
+    with pytest.raises(ValueError, match="retention"):
+        VistaPipeline(llava, retention=0.0)
+
+
+def test_progress_scout_gives_the_same_scores():
+    from vista.pipeline import _ProgressScout
+
+    class Fake:
+        grid_hw = (2, 2)
+
+        def scores(self, frames, question):
+            return frames.float().mean(dim=(1, 2, 3))[:, None] * torch.arange(1.0, 5.0)
+
+    frames = torch.rand(37, 3, 8, 8)
+    wrapped = _ProgressScout(Fake(), chunk=16)
+    assert wrapped.grid_hw == (2, 2)
+    torch.testing.assert_close(wrapped.scores(frames, "q"), Fake().scores(frames, "q"), rtol=0, atol=0)
+    assert wrapped.scores(frames[:3], "q").shape == (3, 4)
