@@ -36,6 +36,7 @@ from .common import (
     get_state,
     launch_scout,
     notice_once,
+    record_ready,
     patch_attr,
     prune_items,
     resolve_info,
@@ -175,12 +176,15 @@ def _make_get_video_features(model, inner, adapter, orig):
     @functools.wraps(orig)
     def get_video_features(*args, **kwargs):
         st = get_state(model)
-        if st is None or not st.active:
+        if st is None:
             return orig(*args, **kwargs)
         a = bind_arguments(orig, args, kwargs)
-        if (st.scout is None or st.pending is None or a.get("pixel_values_videos") is None
-                or not isinstance(a["pixel_values_videos"], torch.Tensor)):
-            return _tag(orig(*args, **kwargs), a, None)
+        ragged = isinstance(a.get("pixel_values_videos"), (list, tuple))
+        if not st.active and not ragged:
+            return orig(*args, **kwargs)
+        call = (lambda: _ragged_video_features(inner, orig, a)) if ragged else (lambda: orig(*args, **kwargs))
+        if st.scout is None or st.pending is None or a.get("pixel_values_videos") is None or not st.active:
+            return _tag(call(), a, None)
         items = [VideoItem(index=k, grid=g) for k, g in enumerate(adapter.grids(inner, a))]
         assign_questions(st, inner, items, st.pending.get("input_ids"), st.pending.get("attention_mask"),
                          st.pending.get("question"))
@@ -194,10 +198,100 @@ def _make_get_video_features(model, inner, adapter, orig):
                 continue
             frames = denormalize_frames(adapter.scout_pixels(a, it.index, inner), mean, std, size)
             work.append((it.index, frames, it.question, it.grid[1:], adapter.temporal_pairs, it.grid[0]))
-        handle = launch_scout(st, work, a["pixel_values_videos"].device)
-        return _tag(orig(*args, **kwargs), a, handle)
+        dev = _video_device(inner, a["pixel_values_videos"])
+        ready = record_ready(dev)  # frames exist: the side stream may start
+        out = call()  # the vision tower is queued on the main stream first ...
+        handle = launch_scout(st, work, dev, ready)  # ... then the scout on a side stream
+        return _tag(out, a, handle)
 
     return get_video_features
+
+
+def _make_get_image_features(model, orig):
+    """Tag image-encoder outputs with their ``image_grid_thw`` (generate() pops it from the
+    forward's kwargs once the encoder ran; the Qwen position fix-up needs it)."""
+
+    @functools.wraps(orig)
+    def get_image_features(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        if get_state(model) is not None:
+            try:
+                out._vista_image_grid_thw = bind_arguments(orig, args, kwargs).get("image_grid_thw")
+            except Exception:  # tuple outputs
+                pass
+        return out
+
+    return get_image_features
+
+
+def _make_expand(model, inner, adapter, orig):
+    """generate(num_beams>1 / num_return_sequences>1) repeats every sample's encoder outputs; the
+    stock helper matches encoder output lengths with placeholder counts, which pruning changes.
+    Expand the (still unpruned) video outputs here by the pruned counts; images go the stock way."""
+
+    @functools.wraps(orig)
+    def _expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        st = get_state(model)
+        video = (mm_encoder_output or {}).get("video")
+        if (st is None or video is None or input_ids is None or expand_size == 1
+                or getattr(video, "_vista_pruned", False)):
+            return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
+        ragged = isinstance(video.pooler_output, list)
+        if not st.active and not ragged:
+            return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
+        grid_thw = getattr(video, "_vista_grid_thw", None)
+        items = adapter.split(inner, video, {"video_grid_thw": grid_thw})
+        counts = [adapter.placeholder_count(it, st.config) for it in items]
+        per_row = (input_ids == adapter.video_token_id(inner.config)).sum(-1).tolist()
+        order, k = [], 0
+        for n in per_row:  # the videos of each sample, in placeholder order
+            mine = []
+            while n > 0 and k < len(counts):
+                mine.append(k)
+                n -= counts[k]
+                k += 1
+            if n != 0:
+                raise ValueError("video placeholders of a sample do not match its videos' pruned token counts")
+            order += mine * expand_size
+        po = video.pooler_output
+        if isinstance(po, torch.Tensor):
+            new_po = po[torch.tensor(order, device=po.device)]
+        else:
+            new_po = type(po)(po[i] for i in order) if isinstance(po, tuple) else [po[i] for i in order]
+        new = type(video)(**dict(video.items()))
+        new.pooler_output = new_po
+        handle = getattr(video, "_vista_scout", None)
+        if handle is not None:
+            handle = dict(handle, raw={j: handle["raw"][i] for j, i in enumerate(order) if i in handle["raw"]})
+        new._vista_scout = handle
+        new._vista_grid_thw = None if grid_thw is None else grid_thw[torch.tensor(order, device=grid_thw.device)]
+        rest = {key: v for key, v in mm_encoder_output.items() if key != "video"}
+        out = orig(input_ids, rest, expand_size=expand_size, inputs_embeds=inputs_embeds) if rest else {}
+        out = dict(out)
+        out["video"] = new
+        return out
+
+    return _expand_multimodal_outputs
+
+
+def _video_device(inner, pixel_values_videos):
+    if isinstance(pixel_values_videos, torch.Tensor) and pixel_values_videos.device.type != "cpu":
+        return pixel_values_videos.device
+    return next(inner.parameters()).device
+
+
+def _ragged_video_features(inner, orig, args):
+    """Stock get_video_features run video by video (a list of (T_k, 3, H, W) tensors); the
+    output's pooler_output is a list of per-video features."""
+    p = next(inner.parameters())
+    vt = getattr(inner, "vision_tower", None)
+    dtype = next(vt.parameters()).dtype if vt is not None else p.dtype
+    rest = {k: v for k, v in args.items() if k != "pixel_values_videos"}
+    rest["return_dict"] = True
+    outs = [orig(v.to(device=p.device, dtype=dtype)[None], **rest) for v in args["pixel_values_videos"]]
+    out = outs[0]
+    out.pooler_output = [o.pooler_output[0] for o in outs]
+    return out
 
 
 def _tag(out, args, handle):
@@ -215,12 +309,15 @@ def _make_forward(model, inner, adapter, orig):
     @functools.wraps(orig)
     def forward(*args, question=None, **kwargs):
         st = get_state(model)
-        if st is None or not st.active:
+        if st is None:
             return orig(*args, **kwargs)
         a = bind_arguments(orig, args, kwargs)
         mm = a.get("mm_encoder_outputs") or {}
         video_out = mm.get("video")
         pvv = a.get("pixel_values_videos")
+        ragged = isinstance(pvv, (list, tuple)) or isinstance(getattr(video_out, "pooler_output", None), list)
+        if not st.active and not ragged:  # retention 1.0: the stock path, untouched
+            return orig(*args, **kwargs)
         if (pvv is None and video_out is None) or getattr(video_out, "_vista_pruned", False):
             return orig(*args, **kwargs)
         ids = a.get("input_ids")
@@ -242,11 +339,17 @@ def _make_forward(model, inner, adapter, orig):
         if a.get("pixel_values") is not None and mm.get("image") is None:
             mm["image"] = adapter.image_features(inner, a)
             a["pixel_values"] = None
+        if a.get("image_grid_thw") is None and getattr(mm.get("image"), "_vista_image_grid_thw", None) is not None:
+            a["image_grid_thw"] = mm["image"]._vista_image_grid_thw
         if a.get("video_grid_thw") is None and getattr(video_out, "_vista_grid_thw", None) is not None:
             a["video_grid_thw"] = video_out._vista_grid_thw
         items = adapter.split(inner, video_out, a)
         assign_questions(st, inner, items, ids, mask, question)
-        pruned = prune_items(st, inner, items, getattr(video_out, "_vista_scout", None))
+        handle = getattr(video_out, "_vista_scout", None)
+        if st.scout is not None and handle is None:
+            notice_once("scout:nopixels", "vista: video features were given without pixel values (or without "
+                        "input_ids); the scout is skipped for them")
+        pruned = prune_items(st, inner, items, handle)
         new_out = adapter.assemble(video_out, items, pruned, st.config)
         new_out._vista_pruned = True
         mm["video"] = new_out
@@ -301,8 +404,13 @@ def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, process
     try:
         patch_attr(st, inner, "forward", _make_forward(model, inner, adapter, inner.forward))
         patch_attr(st, inner, "get_video_features", _make_get_video_features(model, inner, adapter, inner.get_video_features))
+        if hasattr(inner, "get_image_features"):
+            patch_attr(st, inner, "get_image_features", _make_get_image_features(model, inner.get_image_features))
         if hasattr(model, "generate") and model is not inner:
             patch_attr(st, model, "generate", _make_generate(model, model.generate))
+        if hasattr(model, "_expand_multimodal_outputs") and model is not inner:
+            patch_attr(st, model, "_expand_multimodal_outputs",
+                       _make_expand(model, inner, adapter, model._expand_multimodal_outputs))
         if hasattr(adapter, "patch_model_extra"):
             adapter.patch_model_extra(st, model, inner)
         if processor is not None:

@@ -18,16 +18,21 @@ Flow of one prefill with a video:
 
 1. ``generate`` wrapper (outer model): stashes ``input_ids`` / ``attention_mask`` and pops the
    optional ``question=`` override, so the video encoder knows the questions.
-2. ``get_video_features`` wrapper (inner model): launches the scout (on CUDA on a side stream,
-   concurrently with the vision tower; inline on CPU), runs the stock vision tower + projector and
-   attaches the scout's (pending) scores to the output.
+2. ``get_video_features`` wrapper (inner model): rebuilds the scout's frames from the pixel values,
+   queues the stock vision tower + projector on the current stream, then the scout on a side CUDA
+   stream that waits (event) for the frames only, so both run concurrently (inline on CPU); the
+   scout's pending result rides on the features output. Ragged LLaVA batches (a list of videos)
+   are encoded video by video here.
+2b. ``_expand_multimodal_outputs`` wrapper (outer model, ``num_beams`` / ``num_return_sequences``):
+   repeats each sample's (unpruned) videos by the pruned placeholder counts.
 3. ``forward`` wrapper (inner model): finds each video's placeholder span, builds the question
    embedding q (mean of the LLM input embeddings of the question tokens), waits for the scout
    (stream event, no host sync), prunes all videos with one ``vista.prune_videos`` call and calls
    the stock ``forward`` with ``mm_encoder_outputs={"video": pruned}``.
 
 ``retention == 1.0`` takes the stock path untouched (bit-identical logits); then the processor also
-emits the stock placeholder count (the LLaVA newline is kept whatever ``config.newline`` says).
+emits the stock placeholder count (the LLaVA newline is kept whatever ``config.newline`` says), and
+``last_prune_info`` stays empty (except for ragged LLaVA batches, which the stock model cannot run).
 """
 from __future__ import annotations
 
@@ -36,7 +41,6 @@ import inspect
 import logging
 import math
 import time
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -255,6 +259,9 @@ def _normalize_override(question, n_videos: int):
     if isinstance(question, str):
         return [question] * n_videos
     if isinstance(question, (list, tuple)) and all(q is None or isinstance(q, str) for q in question):
+        if question and len(question) != n_videos and n_videos % len(question) == 0:
+            r = n_videos // len(question)  # generate() copies each sample r times (beams / sequences)
+            question = [q for q in question for _ in range(r)]
         if len(question) != n_videos:
             raise ValueError(f"question must be a str or a list with one str per video ({n_videos}), got {len(question)}")
         return list(question)
@@ -331,7 +338,12 @@ def _square(P: int):
 
 def scout_grid_scores(scout, frames: torch.Tensor, question: str, dst_hw, temporal_pairs: bool, T: int) -> torch.Tensor:
     """Scout scores of one video mapped onto the backbone's token grid: (T, h*w) float32."""
-    s = scout.scores(frames, question)
+    return map_to_grid(scout, scout.scores(frames, question), dst_hw, temporal_pairs, T)
+
+
+def map_to_grid(scout, s, dst_hw, temporal_pairs: bool, T: int) -> torch.Tensor:
+    """(T_frames, P) scout scores -> (T, h*w) on the backbone's token grid (area resampling,
+    temporal pairs max-pooled for Qwen2.5-VL)."""
     if not isinstance(s, torch.Tensor):
         s = torch.as_tensor(s)
     if s.dim() != 2:
@@ -389,29 +401,41 @@ def _side_stream(state: VistaState, device):
     return s
 
 
-def launch_scout(state: VistaState, items_frames: List[tuple], device) -> dict:
+def record_ready(device):
+    """An event on the current CUDA stream marking the scout's inputs as ready (None on CPU)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    ev = torch.cuda.Event()
+    ev.record(torch.cuda.current_stream(dev))
+    return ev
+
+
+def launch_scout(state: VistaState, items_frames: List[tuple], device, ready=None) -> dict:
     """Run the scout for every (video index, frames, question, dst_hw, temporal_pairs, T).
 
-    On CUDA the work goes to a side stream after an event recorded on the current stream; the
-    returned handle holds that stream's completion event, joined later by :func:`join_scout`
-    (``current_stream.wait_event``: no host synchronisation). On CPU it runs inline.
+    On CUDA the work goes to a side stream that first waits for ``ready`` (an event recorded on the
+    main stream once the frames exist, before the vision tower was launched), so scout and vision
+    tower run concurrently; the handle holds the side stream's completion event, joined by
+    :func:`join_scout` (``current_stream.wait_event``: no host synchronisation in vista's code; the
+    mapping onto the token grid happens after the join). On CPU the scout runs inline.
     """
     scout = state.scout
-    handle = {"scores": {}, "event": None, "t0": None, "t1": None, "seconds": 0.0}
+    handle = {"raw": {}, "scores": {}, "event": None, "t0": None, "t1": None, "seconds": 0.0}
     if scout is None or not items_frames:
         return handle
     dev = torch.device(device)
     if dev.type == "cuda":
-        main = torch.cuda.current_stream(dev)
         side = _side_stream(state, dev)
-        ready = torch.cuda.Event()
-        ready.record(main)
         t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(side):
-            side.wait_event(ready)
+            if ready is not None:
+                side.wait_event(ready)
             t0.record(side)
             for idx, frames, q, hw, pairs, T in items_frames:
-                handle["scores"][idx] = scout_grid_scores(scout, frames, q, hw, pairs, T)
+                if frames.is_cuda:
+                    frames.record_stream(side)  # made on the main stream, read on the side one
+                handle["raw"][idx] = (scout.scores(frames, q), hw, pairs, T)
             t1.record(side)
         done = torch.cuda.Event()
         done.record(side)
@@ -419,19 +443,23 @@ def launch_scout(state: VistaState, items_frames: List[tuple], device) -> dict:
     else:
         t = time.perf_counter()
         for idx, frames, q, hw, pairs, T in items_frames:
-            handle["scores"][idx] = scout_grid_scores(scout, frames, q, hw, pairs, T)
+            handle["raw"][idx] = (scout.scores(frames, q), hw, pairs, T)
         handle["seconds"] = time.perf_counter() - t
     return handle
 
 
-def join_scout(handle: dict, device) -> None:
+def join_scout(state: VistaState, handle: dict, device) -> None:
+    """Make the current stream wait for the scout, then map its scores onto the token grids."""
     ev = handle.get("event")
-    if ev is None:
-        return
-    main = torch.cuda.current_stream(torch.device(device))
-    main.wait_event(ev)
-    for s in handle["scores"].values():
-        s.record_stream(main)  # allocated on the side stream, used on the main one
+    if ev is not None:
+        main = torch.cuda.current_stream(torch.device(device))
+        main.wait_event(ev)
+        for raw in handle["raw"].values():
+            if isinstance(raw[0], torch.Tensor) and raw[0].is_cuda:
+                raw[0].record_stream(main)  # allocated on the side stream, used on the main one
+    for idx, (s, hw, pairs, T) in handle["raw"].items():
+        handle["scores"][idx] = map_to_grid(state.scout, s, hw, pairs, T)
+    handle["raw"] = {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,7 +473,7 @@ def prune_items(state: VistaState, inner, items: List[VideoItem], scout_handle: 
     qs = [question_embedding(inner, it, D, dev) for it in items]
     scores = [None] * len(items)
     if scout_handle is not None:
-        join_scout(scout_handle, dev)
+        join_scout(state, scout_handle, dev)
         for i, it in enumerate(items):
             s = scout_handle["scores"].get(it.index)
             if s is not None:
@@ -495,8 +523,7 @@ def notice_once(key: str, message: str, _seen=set()) -> None:
     if key in _seen:
         return
     _seen.add(key)
-    logger.warning(message)
-    warnings.warn(message, stacklevel=3)
+    logger.warning(message)  # one line on stderr (logging's last-resort handler) unless configured
 
 
 __all__ = [

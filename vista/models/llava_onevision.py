@@ -9,6 +9,10 @@ With Vista (retention < 1): the pooled (T, 196, D) features are pruned to
 newline token after them (its layout for videos), ``"none"`` drops it. The patched processor emits
 ``retained_count + 1`` (grid) or ``retained_count`` (none) placeholders. The LLM sees ordinary 1-D
 positions over the shorter sequence.
+
+Ragged batches (videos with different frame counts in one call), which the stock processor cannot
+stack: the patched processor then returns ``pixel_values_videos`` as a list of (T_k, 3, H, W)
+tensors, and the patched model encodes them video by video (at any retention, 1.0 included).
 """
 from __future__ import annotations
 
@@ -83,19 +87,22 @@ class LlavaOnevisionAdapter:
     def grids(self, inner, args: dict):
         pv = args["pixel_values_videos"]
         h, w = self.pooled_hw(inner.config)
+        if isinstance(pv, (list, tuple)):  # ragged batch: one (T_k, 3, H, W) tensor a video
+            return [(int(v.shape[-4]), h, w) for v in pv]
         return [(int(pv.shape[1]), h, w)] * int(pv.shape[0])
 
     def split(self, inner, video_out, args: dict) -> List[VideoItem]:
-        po = video_out.pooler_output  # (B_v, T*N + 1, D)
+        po = video_out.pooler_output  # (B_v, T*N + 1, D), or a list of (T_k*N + 1, D) (ragged)
         h, w = self.pooled_hw(inner.config)
         N = h * w
-        if po.dim() != 3 or (po.shape[1] - 1) % N:
-            raise ValueError(f"unexpected LLaVA-OneVision video features of shape {tuple(po.shape)} (N={N} a frame)")
-        T = (po.shape[1] - 1) // N
+        blocks = list(po) if isinstance(po, (list, tuple)) or po.dim() == 3 else None
+        if blocks is None or any(b.dim() != 2 or (b.shape[0] - 1) % N for b in blocks):
+            raise ValueError(f"unexpected LLaVA-OneVision video features {type(po).__name__} (N={N} a frame)")
         items = []
-        for k in range(po.shape[0]):
-            it = VideoItem(index=k, grid=(T, h, w), x=po[k, : T * N].reshape(T, N, po.shape[-1]))
-            it.extra["newline"] = po[k, T * N :]
+        for k, b in enumerate(blocks):
+            T = (b.shape[0] - 1) // N
+            it = VideoItem(index=k, grid=(T, h, w), x=b[: T * N].reshape(T, N, b.shape[-1]))
+            it.extra["newline"] = b[T * N :]
             items.append(it)
         return items
 
@@ -104,7 +111,7 @@ class LlavaOnevisionAdapter:
         rows = []
         for it, pv in zip(items, pruned):
             rows.append(pv.tokens)
-            if config.newline == "grid":
+            if config.newline == "grid" or config.retention >= 1.0:
                 rows.append(it.extra["newline"].to(pv.tokens.dtype))
         feats = torch.cat(rows, 0).unsqueeze(0)  # (1, total, D): the forward flattens (0, 1)
         new = type(video_out)(**dict(video_out.items()))
@@ -161,6 +168,29 @@ class LlavaOnevisionAdapter:
             return processor.video_token * n
 
         patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))
+
+        # Ragged batches (videos with different frame counts): the stock video processor stacks
+        # all videos into one tensor and fails; process them one by one and hand the model a list.
+        orig_pv = processor._process_videos
+
+        def _process_videos(videos, **kwargs):
+            from transformers.video_utils import make_batched_videos
+
+            vids = make_batched_videos(videos)
+            lengths = {len(v) if isinstance(v, (list, tuple)) else int(v.shape[0]) for v in vids}
+            if len(lengths) <= 1:
+                return orig_pv(videos, **kwargs)
+            pvs = []
+            for v in vids:
+                out = processor.video_processor([v], **kwargs)["pixel_values_videos"]
+                pvs.append(out[0] if isinstance(out, torch.Tensor) else torch.as_tensor(out[0]))
+            data = {"pixel_values_videos": pvs}
+            reps = [processor.replace_video_token(data, video_idx=k, **kwargs) for k in range(len(pvs))]
+            return data, reps
+
+        patch_attr(state, processor, "_process_videos", _InstanceHook(_process_videos))
+        skip = list(getattr(processor, "skip_tensor_conversion", []) or [])
+        patch_attr(state, processor, "skip_tensor_conversion", skip + ["pixel_values_videos"])
 
 
 ADAPTER = LlavaOnevisionAdapter()
