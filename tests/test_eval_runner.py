@@ -58,6 +58,13 @@ def bench6(tmp_path):
     return load_benchmark("jsonl", write_jsonl(tmp_path / "set", n=6))
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path, monkeypatch):
+    """Default output folders (eval_results/) land in a temporary directory, never the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+
 def test_sweep_accuracy_relative_flops_ttft_mem(tmp_path, bench6):
     model = FakeModel(bench6, right_at_low={"v0.mp4", "v1.mp4", "v4.mp4"})
     res = run_sweep([bench6], [1.0, 0.5], model, tmp_path / "c.jsonl", progress=False)
@@ -297,7 +304,8 @@ def test_cli_missing_model_and_data(tmp_path):
 
 def test_cli_no_video_found(tmp_path):
     data = write_jsonl(tmp_path / "set", n=2, missing={"videos/v0.mp4", "videos/v1.mp4"})
-    args = _parse(["eval", "--model", str(tmp_path), "--bench", "jsonl", "--data", str(data), "--no-progress"])
+    args = _parse(["eval", "--model", str(tmp_path), "--bench", "jsonl", "--data", str(data), "--no-progress",
+                   "--out", str(tmp_path / "out")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(SystemExit, match="no question has its video"):
