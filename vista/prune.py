@@ -169,13 +169,15 @@ def prune_videos(
             )
             kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
         else:
+            # Reference path: upcast half-precision tokens once (every op computes in fp32 anyway),
+            # then blend and gather only the kept rows (no copy of the whole video).
+            Xf = X.float()
             keep, foveal = select_tokens(
-                X, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=backend,
+                Xf, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=backend,
                 has_scout=has_scout,
             )
-            # Reference path: blend and gather only the kept rows (no copy of the whole video).
-            _, kept_ok, rows, assign = anchor_aggregate_kept_torch(X, keep, config.alpha, valid, _checked=True)
-            kept_rows = lambda sl, n: rows[sl][kept_ok[sl]]  # noqa: E731
+            _, kept_ok, rows, assign = anchor_aggregate_kept_torch(Xf, keep, config.alpha, valid, _checked=True)
+            kept_rows = lambda sl, n: rows[sl][kept_ok[sl]].to(X.dtype)  # noqa: E731
 
     results = []
     t0 = 0
