@@ -27,3 +27,29 @@ def pytest_collection_modifyitems(config, items):
 # Tiny tensors everywhere: one intra-op thread avoids OpenMP spin/contention overheads that made
 # small ops 10-25x slower on the 2-core CI machine.
 torch.set_num_threads(1)
+
+
+# Tiny saved models for tests/test_cli.py and tests/test_pipeline.py (built once per session,
+# under the session's base temp dir; see tests/_fixtures.py).
+from _fixtures import tiny_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    return tiny_dir(tmp_path_factory, "llava")
+
+
+@pytest.fixture(scope="module")
+def scout(tmp_path_factory):
+    return tiny_dir(tmp_path_factory, "scout")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a whole module, restored afterwards (use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models gain nothing from threads,
+    and on a loaded 2-core box OpenMP synchronisation makes every op ~20-25x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

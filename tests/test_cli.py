@@ -20,28 +20,6 @@ QUESTION = "what color is the ball on the left ?"
 SUMMARY = re.compile(r"^\[vista\] (\d+) frames.* \| visual tokens (\d+) -> (\d+) \(([\d.]+)%\) \| (.*)$")
 
 
-def tiny_dir(tmp_path_factory, kind: str) -> str:
-    """Build a tiny saved model once per test session (shared with tests/test_pipeline.py)."""
-    d = tmp_path_factory.getbasetemp() / "vista_tiny" / kind
-    if not (d / "config.json").exists():
-        if kind == "llava":
-            from vista.tiny_models import build_tiny_llava_onevision as build
-        else:
-            from vista.scout import build_tiny_scout as build
-        build(str(d), seed=0)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "llava")
-
-
-@pytest.fixture(scope="module")
-def scout(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "scout")
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     v = synthetic_video(6, height=64, width=80, seed=2)

@@ -87,6 +87,10 @@ def test_scout_checks():
         vk.scout_score_reduce(torch.ones(2, 3, 4, 5, dtype=torch.int32), backend="triton")
     with pytest.raises(ValueError, match="at least one head"):
         vk.scout_score_reduce(torch.rand(2, 0, 4, 5), backend="triton")
+    bad = torch.rand(1, 2, 3, 4)
+    bad[0, 1, 2, 3] = float("inf")
+    with pytest.raises(ValueError, match="^attn contains NaN or inf values$"):
+        vk.scout_score_reduce(bad, backend="triton")
 
 
 def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from vista.flops import LLMShape, prefill_flops, prefill_flops_ratio
 

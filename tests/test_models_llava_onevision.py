@@ -1,16 +1,28 @@
 """apply_vista on a tiny random LLaVA-OneVision (saved + loaded by path; no downloads)."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
-from models_helpers import OTHER_QUESTION, QUESTION, StubScout, capture_llm, greedy, inputs, logits
+from models_helpers import (
+    OTHER_QUESTION,
+    QUESTION,
+    StubScout,
+    assert_batch_equals_each_alone,
+    assert_greedy_deterministic,
+    capture_llm,
+    greedy,
+    image_video_prompt,
+    inputs,
+    load_quiet,
+    logits,
+    question_embedding,
+    save_tiny,
+    spy_prune_questions,
+)
 
 import vista
 from vista import VistaConfig, retained_count
-from vista.models import apply_vista, last_prune_info, load_pretrained, remove_vista
-from vista.models import common as vm_common
+from vista.models import apply_vista, last_prune_info, remove_vista
 from vista.tiny_models import build_tiny_llava_onevision, random_video
 
 T = 4
@@ -19,16 +31,12 @@ N = 196
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_llava_ov")
-    build_tiny_llava_onevision(path, seed=0)
-    return path
+    return save_tiny(tmp_path_factory, "tiny_llava_ov", build_tiny_llava_onevision)
 
 
 @pytest.fixture
 def mp(ckpt):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_pretrained(ckpt)
+    return load_quiet(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +68,14 @@ def test_pruned_length_and_kept_rows(mp, video, retention, monkeypatch):
     M = retained_count(T, N, retention)
     text_len = full["input_ids"].shape[1] - (T * N + 1)
     assert batch["input_ids"].shape[1] == text_len + M + 1  # + the model's own newline ("grid")
-    seen_q = []
-    real = vm_common.prune_videos
-    monkeypatch.setattr(vm_common, "prune_videos", lambda xs, qs, s, c: seen_q.extend(qs) or real(xs, qs, s, c))
+    seen_q = spy_prune_questions(monkeypatch)
     with capture_llm(model) as calls:
         logits(model, batch)
     emb = calls[0]["inputs_embeds"][0]
     assert emb.shape[0] == text_len + M + 1
     rows = _video_rows(batch, model)
     # q from the question's own tokens, independently of the package's span logic
-    ids = proc.tokenizer.encode(QUESTION, add_special_tokens=False)
-    q = model.get_input_embeddings()(torch.tensor(ids)).float().mean(0)
+    q = question_embedding(model, proc)
     assert len(seen_q) == 1
     torch.testing.assert_close(seen_q[0], q)  # q = mean input embedding of the question tokens
     ref = vista.prune_video(x[: T * N].reshape(T, N, -1), q, None, VistaConfig(retention=retention))
@@ -100,10 +105,7 @@ def test_generate_runs_and_is_deterministic(mp, video):
     model, proc = mp
     apply_vista(model, VistaConfig(retention=0.15), processor=proc)
     batch = inputs(proc, [video], [QUESTION])
-    s1, l1 = greedy(model, batch)
-    s2, l2 = greedy(model, batch)
-    assert s1.shape[1] == batch["input_ids"].shape[1] + 5
-    assert torch.equal(s1, s2) and torch.equal(l1, l2)
+    _, l1 = assert_greedy_deterministic(model, batch)
     # the prefill step of generate() equals a plain forward of the pruned prompt
     torch.testing.assert_close(l1[:, 0], logits(model, batch)[:, -1], rtol=1e-5, atol=1e-5)
 
@@ -122,13 +124,7 @@ def test_batch_of_two_equals_each_alone(mp, frames):
     assert [d["grid"][0] for d in last_prune_info(model)] == list(frames)
     info_b = last_prune_info(model)
     assert [d["question"] for d in info_b] == qs
-    L = both["input_ids"].shape[1]
-    for i in range(2):
-        one = inputs(proc, [vids[i]], [qs[i]])
-        s1, l1 = greedy(model, one)
-        assert torch.equal(sb[i, L:], s1[0, one["input_ids"].shape[1]:])
-        torch.testing.assert_close(lb[i], l1[0], rtol=1e-4, atol=1e-4)
-        assert torch.equal(info_b[i]["pruned"].keep, last_prune_info(model)[0]["pruned"].keep)
+    assert_batch_equals_each_alone(model, lambda v, q: inputs(proc, v, q), vids, qs, both, sb, lb, info_b)
 
 
 def test_remove_vista_restores_stock_behaviour(mp, video):
@@ -222,8 +218,7 @@ def test_image_and_video_in_one_prompt(mp, video):
 
     model, proc = mp
     img = np.random.default_rng(0).integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "video"}, {"type": "text", "text": QUESTION}]}]
-    text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+    text = image_video_prompt(proc)
 
     def run():
         b = proc(text=[text], images=[img], videos=[video], return_tensors="pt")

@@ -13,31 +13,9 @@ import vista  # noqa: E402
 from vista.pipeline import AskResult, PipelineError, VistaPipeline  # noqa: E402
 from vista.video import VideoError, synthetic_video, write_video  # noqa: E402
 
+from _fixtures import tiny_dir  # noqa: E402
+
 QUESTION = "what color is the ball on the left ?"
-
-
-def tiny_dir(tmp_path_factory, kind: str) -> str:
-    """Build a tiny saved model once per test session (shared with tests/test_cli.py)."""
-    d = tmp_path_factory.getbasetemp() / "vista_tiny" / kind
-    if not (d / "config.json").exists():
-        if kind == "llava":
-            from vista.tiny_models import build_tiny_llava_onevision as build
-        elif kind == "qwen":
-            from vista.tiny_models import build_tiny_qwen2_5_vl as build
-        else:
-            from vista.scout import build_tiny_scout as build
-        build(str(d), seed=0)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "llava")
-
-
-@pytest.fixture(scope="module")
-def scout(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "scout")
 
 
 @pytest.fixture(scope="module")

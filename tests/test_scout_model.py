@@ -19,14 +19,7 @@ def _video(T, H=40, W=56, seed=0):
     return (torch.rand(T, H, W, 3, generator=g) * 255).round().to(torch.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and on a loaded 2-core box OpenMP
-    synchronisation makes every op ~20x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 @pytest.fixture(scope="module")

@@ -83,3 +83,12 @@ class VistaConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_config(config) -> VistaConfig:
+    """``config`` itself when a VistaConfig, the defaults when None; a TypeError otherwise."""
+    if config is None:
+        return VistaConfig()
+    if not isinstance(config, VistaConfig):
+        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
+    return config

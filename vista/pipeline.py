@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .config import VistaConfig
+from .config import VistaConfig, check_config
 from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames
 
 # Phases reported by AskResult.timings (seconds), in display order. Phases measured inside the
@@ -161,10 +161,7 @@ def _ordered(timings: Dict[str, float]) -> List[str]:
 
 
 def _check_config(config, retention) -> VistaConfig:
-    if config is None:
-        config = VistaConfig()
-    if not isinstance(config, VistaConfig):
-        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
+    config = check_config(config)
     if retention is not None:
         config = config.replace(retention=retention)
     return config

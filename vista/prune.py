@@ -12,7 +12,7 @@ from vista_kernels.reference._common import stable_topk_mask
 from vista_kernels.reference.anchor_aggregate import anchor_aggregate_kept_torch
 
 from .budget import check_question, plan_budgets, retained_count
-from .config import VistaConfig
+from .config import VistaConfig, check_config
 from .select import foveal_counts, select_tokens
 
 
@@ -42,14 +42,6 @@ class PrunedVideo:
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
-
-
-def _check_config(config) -> VistaConfig:
-    if config is None:
-        return VistaConfig()
-    if not isinstance(config, VistaConfig):
-        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
-    return config
 
 
 def prune_video(
@@ -83,7 +75,7 @@ def prune_videos(
     frames of all videos (padded to the largest N with a ``valid`` mask), so the result equals
     pruning each video alone.
     """
-    config = _check_config(config)
+    config = check_config(config)
     if isinstance(xs, torch.Tensor) or not isinstance(xs, (list, tuple)):
         raise TypeError("xs must be a list of (T, N, D) tensors")
     if not isinstance(qs, (list, tuple)) or len(qs) != len(xs):

@@ -1,7 +1,6 @@
 """Hybrid spatial selection (PAPER §3.3–3.4): scout foveal tokens + DPC-KNN anchor tokens."""
 from __future__ import annotations
 
-import math
 
 import torch
 

@@ -89,6 +89,25 @@ def _build_tokenizer(extra_specials, chat_template, extra_attrs=None):
     return tok
 
 
+def _tiny_text_config(tok, **extra) -> dict:
+    """The tiny LLM both families share: hidden 64, 2 layers, 4 heads (2 KV), untied embeddings;
+    vocabulary, pad and eos (``<|im_end|>``) ids from ``tok``."""
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        **extra,
+    )
+
+
 def _finish(model, processor, path, seed):
     model.eval()
     if path is not None:
@@ -125,21 +144,7 @@ def build_tiny_llava_onevision(
     tok = _build_tokenizer(["<image>", "<video>"], _CHAT_TEMPLATE_LLAVA)
     image_token_id = tok.convert_tokens_to_ids("<image>")
     video_token_id = tok.convert_tokens_to_ids("<video>")
-    vocab = len(tok)
-    text_config = dict(
-        model_type="qwen2",
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        tie_word_embeddings=False,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-    )
+    text_config = dict(model_type="qwen2", **_tiny_text_config(tok))
     text_config.update(text_overrides or {})
     vision_config = dict(
         model_type="siglip_vision_model",
@@ -202,21 +207,9 @@ def build_tiny_qwen2_5_vl(path: Optional[str] = None, seed: int = 0) -> Tuple[ob
         ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], _CHAT_TEMPLATE_QWEN
     )
     ids = {t: tok.convert_tokens_to_ids(t) for t in ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]}
-    vocab = len(tok)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    text_config = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        eos_token_id=eos,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
+    text_config = _tiny_text_config(
+        tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     )
     vision_config = dict(
         depth=1,

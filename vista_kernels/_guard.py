@@ -146,3 +146,37 @@ def check_scores(scores, x: torch.Tensor, name: str = "scout_scores") -> torch.T
     if not all_finite(scores):
         raise ValueError(f"{name} contains NaN or inf values")
     return scores
+
+
+def check_aggregate_args(x, keep, alpha, valid):
+    """anchor_aggregate's arguments: (x, keep, alpha, valid) checked, ``valid`` filled in when None.
+
+    ``keep`` must be a subset of ``valid`` with at least one kept token in every frame that has
+    valid tokens."""
+    x = check_tokens(x)
+    keep = check_mask(keep, x, "keep")
+    alpha = check_alpha(alpha)
+    valid = check_valid(valid, x)
+    if bool((keep & ~valid).any()):
+        raise ValueError("keep marks tokens that are not valid; keep must be a subset of valid")
+    lonely = valid.any(1) & ~keep.any(1)
+    if bool(lonely.any()):
+        f = int(torch.nonzero(lonely)[0, 0])
+        raise ValueError(f"keep has no kept token in frame {f}, which has valid tokens to aggregate")
+    return x, keep, alpha, valid
+
+
+def check_attn(attn) -> torch.Tensor:
+    """``attn`` must be a (B, heads, queries, patches) floating tensor with at least one head,
+    query and patch, and finite values."""
+    if not isinstance(attn, torch.Tensor):
+        raise TypeError(f"attn must be a torch.Tensor of shape (B, heads, queries, patches), got {type(attn).__name__}")
+    if not attn.is_floating_point():
+        raise TypeError(f"attn must be a floating tensor, got dtype {attn.dtype}")
+    if attn.dim() != 4:
+        raise ValueError(f"attn must have shape (B, heads, queries, patches), got shape {tuple(attn.shape)}")
+    if min(attn.shape[1:]) < 1:
+        raise ValueError(f"attn needs at least one head, query and patch, got shape {tuple(attn.shape)}")
+    if not all_finite(attn):
+        raise ValueError("attn contains NaN or inf values")
+    return attn

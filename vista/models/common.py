@@ -41,14 +41,12 @@ import inspect
 import logging
 import math
 import time
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..budget import retained_count
-from ..config import VistaConfig
+from ..config import VistaConfig, check_config
 from ..prune import PrunedVideo, prune_videos
 
 logger = logging.getLogger("vista.models")
@@ -101,14 +99,6 @@ def get_state(model) -> Optional[VistaState]:
     return getattr(model, _STATE_ATTR, None)
 
 
-def check_config(config) -> VistaConfig:
-    if config is None:
-        return VistaConfig()
-    if not isinstance(config, VistaConfig):
-        raise TypeError(f"config must be a vista.VistaConfig, got {type(config).__name__}")
-    return config
-
-
 def check_scout(scout):
     if scout is None:
         return None
@@ -118,6 +108,48 @@ def check_scout(scout):
             f"got {type(scout).__name__}"
         )
     return scout
+
+
+# ----------------------------------------------------------------------------------------------
+# family adapters
+# ----------------------------------------------------------------------------------------------
+_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class AdapterBase:
+    """What every family adapter (llava_onevision.py, qwen2_5_vl.py) does alike."""
+
+    family: str = ""
+    model_types: tuple = ()  # config.model_type values of the family
+    model_class: str = ""  # the transformers class, for error messages
+    inner_attrs: tuple = ()  # attributes that mark the inner ``*Model`` (or the model itself)
+
+    @classmethod
+    def matches(cls, model) -> bool:
+        return getattr(getattr(model, "config", None), "model_type", None) in cls.model_types
+
+    @classmethod
+    def inner(cls, model):
+        """The inner ``*Model`` (``model.model``), or ``model`` when it is that already."""
+        inner = getattr(model, "model", None)
+        if inner is not None and all(hasattr(inner, a) for a in cls.inner_attrs):
+            return inner
+        if all(hasattr(model, a) for a in cls.inner_attrs):
+            return model
+        raise TypeError(f"model must be a {cls.model_class}, got {type(model).__name__}")
+
+    @staticmethod
+    def video_token_id(config) -> int:
+        return int(config.video_token_id)
+
+    @staticmethod
+    def norm_stats(processor):
+        """(mean, std) of the processor's pixel normalisation (CLIP's when it does not say)."""
+        vp = getattr(processor, "video_processor", None)
+        mean = getattr(vp, "image_mean", None) or _CLIP_MEAN
+        std = getattr(vp, "image_std", None) or _CLIP_STD
+        return mean, std
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,6 +559,7 @@ def notice_once(key: str, message: str, _seen=set()) -> None:
 
 
 __all__ = [
+    "AdapterBase",
     "VideoItem",
     "VistaState",
     "assign_questions",

@@ -22,37 +22,20 @@ from typing import List
 import torch
 
 from ..budget import retained_count
-from .common import VideoItem, _InstanceHook, patch_attr
+from .common import AdapterBase, VideoItem, _InstanceHook, patch_attr
 
 FAMILY = "llava_onevision"
 MODEL_TYPES = ("llava_onevision",)
 
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-
-class LlavaOnevisionAdapter:
+class LlavaOnevisionAdapter(AdapterBase):
     family = FAMILY
+    model_types = MODEL_TYPES
+    model_class = "LlavaOnevisionForConditionalGeneration"
+    inner_attrs = ("get_video_features", "language_model")
     temporal_pairs = False
 
-    # --- model structure ----------------------------------------------------------------------
-    @staticmethod
-    def matches(model) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES
-
-    @staticmethod
-    def inner(model):
-        inner = getattr(model, "model", None)
-        if inner is not None and hasattr(inner, "get_video_features") and hasattr(inner, "language_model"):
-            return inner
-        if hasattr(model, "get_video_features") and hasattr(model, "language_model"):
-            return model
-        raise TypeError(f"model must be a LlavaOnevisionForConditionalGeneration, got {type(model).__name__}")
-
-    @staticmethod
-    def video_token_id(config) -> int:
-        return int(config.video_token_id)
-
+    # --- model structure (matches, inner, video_token_id and norm_stats: AdapterBase) -----------
     @staticmethod
     def placeholder_ids(config) -> List[int]:
         return [int(config.video_token_id), int(config.image_token_id)]
@@ -134,13 +117,6 @@ class LlavaOnevisionAdapter:
     def scout_pixels(args: dict, k: int, inner=None) -> torch.Tensor:
         """(T, 3, H, W) normalised pixels of video k."""
         return args["pixel_values_videos"][k]
-
-    @staticmethod
-    def norm_stats(processor):
-        vp = getattr(processor, "video_processor", None)
-        mean = getattr(vp, "image_mean", None) or _CLIP_MEAN
-        std = getattr(vp, "image_std", None) or _CLIP_STD
-        return mean, std
 
     def before_forward(self, state, inner, args, items, pruned):
         return None

@@ -26,13 +26,10 @@ from typing import List
 import torch
 
 from ..budget import retained_count
-from .common import VideoItem, _InstanceHook, get_state, patch_attr
+from .common import AdapterBase, VideoItem, _InstanceHook, get_state, patch_attr
 
 FAMILY = "qwen2_5_vl"
 MODEL_TYPES = ("qwen2_5_vl",)
-
-_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def unpatchify_video(pixels: torch.Tensor, grid_thw, patch_size: int, merge_size: int, temporal_patch_size: int):
@@ -52,27 +49,14 @@ def unpatchify_video(pixels: torch.Tensor, grid_thw, patch_size: int, merge_size
     return x.reshape(t * tp, C, H * p, W * p)
 
 
-class Qwen2_5_VLAdapter:
+class Qwen2_5_VLAdapter(AdapterBase):
     family = FAMILY
+    model_types = MODEL_TYPES
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    inner_attrs = ("get_rope_index",)
     temporal_pairs = True
 
-    @staticmethod
-    def matches(model) -> bool:
-        return getattr(getattr(model, "config", None), "model_type", None) in MODEL_TYPES
-
-    @staticmethod
-    def inner(model):
-        inner = getattr(model, "model", None)
-        if inner is not None and hasattr(inner, "get_rope_index"):
-            return inner
-        if hasattr(model, "get_rope_index"):
-            return model
-        raise TypeError(f"model must be a Qwen2_5_VLForConditionalGeneration, got {type(model).__name__}")
-
-    @staticmethod
-    def video_token_id(config) -> int:
-        return int(config.video_token_id)
-
+    # matches, inner, video_token_id and norm_stats: AdapterBase
     @staticmethod
     def placeholder_ids(config) -> List[int]:
         return [int(config.video_token_id), int(config.image_token_id), int(config.vision_start_token_id),
@@ -140,13 +124,6 @@ class Qwen2_5_VLAdapter:
         vc = inner.config.vision_config
         px = args["pixel_values_videos"][start : start + int(sizes[k])]
         return unpatchify_video(px, thw[k].tolist(), int(vc.patch_size), int(vc.spatial_merge_size), int(vc.temporal_patch_size))
-
-    @staticmethod
-    def norm_stats(processor):
-        vp = getattr(processor, "video_processor", None)
-        mean = getattr(vp, "image_mean", None) or _CLIP_MEAN
-        std = getattr(vp, "image_std", None) or _CLIP_STD
-        return mean, std
 
     # --- positions ----------------------------------------------------------------------------
     def before_forward(self, state, inner, args, items, pruned):

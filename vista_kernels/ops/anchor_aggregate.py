@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._guard import check_alpha, check_mask, check_tokens, check_valid
+from .._guard import check_aggregate_args
 from ..utils import check_input_precision, check_triton_device, kernel_interpreted, next_pow2, upcast_flag
 from .frame_geometry import Geometry
 
@@ -129,16 +129,7 @@ def aggregate_config(N: int, D: int, dtype: torch.dtype) -> dict:
 def anchor_aggregate_triton(x, keep, alpha: float = 0.5, valid=None, *, max_gram_elems: Optional[int] = None,
                             input_precision: str = "ieee"):
     """(x_out (F, N, D) x.dtype, assign (F, N) int64); same contract as ``anchor_aggregate_torch``."""
-    x = check_tokens(x)
-    keep = check_mask(keep, x, "keep")
-    alpha = check_alpha(alpha)
-    valid = check_valid(valid, x)
-    if bool((keep & ~valid).any()):
-        raise ValueError("keep marks tokens that are not valid; keep must be a subset of valid")
-    lonely = valid.any(1) & ~keep.any(1)
-    if bool(lonely.any()):
-        f = int(torch.nonzero(lonely)[0, 0])
-        raise ValueError(f"keep has no kept token in frame {f}, which has valid tokens to aggregate")
+    x, keep, alpha, valid = check_aggregate_args(x, keep, alpha, valid)
     check_triton_device(x, _anchor_aggregate_kernel)
     input_precision = check_input_precision(input_precision)
     F, N, D = x.shape

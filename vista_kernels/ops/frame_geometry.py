@@ -224,13 +224,19 @@ def frame_geometry_triton(x, valid=None, *, max_gram_elems: Optional[int] = None
     return G, geo.sq, geo.means()
 
 
-def frame_means_triton(x, valid=None):
-    """(F, D) fp32 mean of each frame's valid tokens (zero vector for a frame without any)."""
+def _means_geometry(x, valid):
+    """(x checked, its Geometry after the means-only pass: per-frame means, no Gram)."""
     x = check_tokens(x)
     valid = check_valid(valid, x)
     check_triton_device(x, _frame_geometry_kernel)
     geo = Geometry(x, valid)
     geo.means_only()
+    return x, geo
+
+
+def frame_means_triton(x, valid=None):
+    """(F, D) fp32 mean of each frame's valid tokens (zero vector for a frame without any)."""
+    x, geo = _means_geometry(x, valid)
     if x.shape[0] == 0:
         return torch.zeros((0, x.shape[2]), dtype=torch.float32, device=x.device)
     return geo.means()
@@ -238,9 +244,5 @@ def frame_means_triton(x, valid=None):
 
 def frame_cosine_triton(x, valid=None):
     """(F-1,) fp32 cos(mean x[t], mean x[t+1]) over valid tokens; same contract as the reference."""
-    x = check_tokens(x)
-    valid = check_valid(valid, x)
-    check_triton_device(x, _frame_geometry_kernel)
-    geo = Geometry(x, valid)
-    geo.means_only()
+    _, geo = _means_geometry(x, valid)
     return geo.cosine()

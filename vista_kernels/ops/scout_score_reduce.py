@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._guard import check_attn
 from ..utils import check_triton_device, next_pow2
 
 
@@ -34,22 +35,9 @@ def scout_config(H: int, P: int) -> dict:
     return {"BLOCK_H": max(2, min(16, next_pow2(H))), "BLOCK_P": max(16, min(256, next_pow2(P))), "num_warps": 4}
 
 
-def _check_attn(attn) -> torch.Tensor:
-    # same checks and messages as scout_score_reduce_torch
-    if not isinstance(attn, torch.Tensor):
-        raise TypeError(f"attn must be a torch.Tensor of shape (B, heads, queries, patches), got {type(attn).__name__}")
-    if not attn.is_floating_point():
-        raise TypeError(f"attn must be a floating tensor, got dtype {attn.dtype}")
-    if attn.dim() != 4:
-        raise ValueError(f"attn must have shape (B, heads, queries, patches), got shape {tuple(attn.shape)}")
-    if min(attn.shape[1:]) < 1:
-        raise ValueError(f"attn needs at least one head, query and patch, got shape {tuple(attn.shape)}")
-    return attn
-
-
 def scout_score_reduce_triton(attn: torch.Tensor) -> torch.Tensor:
     """(B, P) fp32 s[b, p] = sum_q max_h attn[b, h, q, p]; same contract as the reference."""
-    attn = _check_attn(attn)
+    attn = check_attn(attn)
     check_triton_device(attn, _scout_score_reduce_kernel, "attn")
     B, H, Q, P = attn.shape
     out = torch.empty((B, P), dtype=torch.float32, device=attn.device)

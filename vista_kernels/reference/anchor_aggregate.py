@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._guard import check_alpha, check_mask, check_tokens, check_valid
+from .._guard import check_aggregate_args
 from ._common import frame_chunks
 
 
@@ -26,7 +26,7 @@ def anchor_aggregate_torch(
         assign: (F, N) int64; assign[f, j] = index of j's anchor (the nearest kept token, L2, ties
             to the lower index); kept tokens point to themselves; invalid tokens get -1.
     """
-    x, keep, alpha, valid = _validate(x, keep, alpha, valid)
+    x, keep, alpha, valid = check_aggregate_args(x, keep, alpha, valid)
     kept_idx, kept_ok, rows, assign = anchor_aggregate_kept_torch(x, keep, alpha, valid, _checked=True)
     out = x.clone()
     if rows.numel():
@@ -48,7 +48,7 @@ def anchor_aggregate_kept_torch(x, keep, alpha: float = 0.5, valid=None, _checke
     without materialising a copy of the whole of x.
     """
     if not _checked:
-        x, keep, alpha, valid = _validate(x, keep, alpha, valid)
+        x, keep, alpha, valid = check_aggregate_args(x, keep, alpha, valid)
     elif valid is None:
         valid = torch.ones_like(keep)
     F, N, D = x.shape
@@ -86,17 +86,3 @@ def anchor_aggregate_kept_torch(x, keep, alpha: float = 0.5, valid=None, _checke
         r = torch.where(upd, r, torch.gather(x[sl], 1, ki[:, :, None].expand(-1, -1, D)))
         rows[sl] = r
     return kept_idx, kept_ok, rows, assign
-
-
-def _validate(x, keep, alpha, valid):
-    x = check_tokens(x)
-    keep = check_mask(keep, x, "keep")
-    alpha = check_alpha(alpha)
-    valid = check_valid(valid, x)
-    if bool((keep & ~valid).any()):
-        raise ValueError("keep marks tokens that are not valid; keep must be a subset of valid")
-    lonely = valid.any(1) & ~keep.any(1)
-    if bool(lonely.any()):
-        f = int(torch.nonzero(lonely)[0, 0])
-        raise ValueError(f"keep has no kept token in frame {f}, which has valid tokens to aggregate")
-    return x, keep, alpha, valid

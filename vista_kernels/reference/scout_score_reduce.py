@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._guard import all_finite
+from .._guard import check_attn
 
 
 def scout_score_reduce_torch(attn: torch.Tensor) -> torch.Tensor:
@@ -14,14 +14,5 @@ def scout_score_reduce_torch(attn: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, P) float32.
     """
-    if not isinstance(attn, torch.Tensor):
-        raise TypeError(f"attn must be a torch.Tensor of shape (B, heads, queries, patches), got {type(attn).__name__}")
-    if not attn.is_floating_point():
-        raise TypeError(f"attn must be a floating tensor, got dtype {attn.dtype}")
-    if attn.dim() != 4:
-        raise ValueError(f"attn must have shape (B, heads, queries, patches), got shape {tuple(attn.shape)}")
-    if min(attn.shape[1:]) < 1:
-        raise ValueError(f"attn needs at least one head, query and patch, got shape {tuple(attn.shape)}")
-    if not all_finite(attn):
-        raise ValueError("attn contains NaN or inf values")
+    attn = check_attn(attn)
     return attn.float().amax(1).sum(1)
