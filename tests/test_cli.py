@@ -168,3 +168,48 @@ def test_model_dir_without_weights(capsys, llava, clip, tmp_path):
             (d / f).write_bytes(open(os.path.join(llava, f), "rb").read())
     line = _bad(capsys, ["ask", clip, QUESTION, "--model", d], "weights")
     assert "noweights" in line
+
+
+# ------------------------------------------------------------------------------ retention 1.0
+
+
+def test_demo_full_retention(capsys, tmp_path):
+    """Regression: ``vista demo --retention 1`` crashed (no pruning record -> AttributeError, exit 1)."""
+    png = tmp_path / "full.png"
+    assert main(["demo", "--retention", "1", "--frames", "4", "--max-new-tokens", "2", "--quiet",
+                 "--save-map", str(png)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    rows = [line.split() for line in lines if re.match(r"^\s+\d+\s+\d+\s+[\d.]+\s+\d+\s+\d+\s+\d+$", line)]
+    assert [int(r[3]) for r in rows] == [196] * 4  # every frame keeps all its tokens
+    assert all(r[4] == "0" and r[5] == "196" for r in rows)  # the scout does not run at 1.0
+    assert "segment 0: frames 0-3, relevance 1.000, 784 tokens" in lines
+    m = [m for m in map(SUMMARY.match, lines) if m]
+    assert len(m) == 1 and m[0].groups()[:3] == ("4", str(4 * 196 + 1), str(4 * 196 + 1))
+    assert f"[vista] token map: {png} (850x548)" in lines
+    _png_ok(png, token_map_size(4, (96, 128)))
+
+
+def test_ask_full_retention_save_map(capsys, llava, clip, tmp_path):
+    """Regression: ``vista ask --retention 1 --save-map`` exited 2 after generating, no answer."""
+    png = tmp_path / "full.png"
+    argv = [str(a) for a in (clip, QUESTION, "--model", llava, "--frames", 4, "--max-new-tokens", 2,
+                             "--retention", 1, "--save-map", png)]
+    assert main(["ask", *argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert len(lines) == 3 and lines[0]  # answer, summary, token map
+    m = SUMMARY.match(lines[1])
+    assert m and m.groups()[:4] == ("4", str(4 * 196 + 1), str(4 * 196 + 1), "100.0")
+    assert lines[2] == f"[vista] token map: {png} (850x558)"
+    _png_ok(png, token_map_size(4, (64, 80)))
+
+    assert main(["ask", *argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    rec = json.loads(out)
+    assert rec["answer"] == (lines[0] if lines[0] != "(empty answer)" else "")
+    assert rec["budgets"] == [196] * 4 and rec["segment_id"] == [0] * 4 and rec["retention"] == 1.0
+    assert rec["map"] == {"path": str(png), "width": 850, "height": 558}
+    assert "nothing pruned" in err and "Traceback" not in err

@@ -94,6 +94,70 @@ def test_answer_matches_stock_model_at_full_retention(llava, clip):
     expect = proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
     assert res.answer == expect
 
+    # nothing was pruned, but the result still describes the video: an all-kept record
+    p = res.pruned
+    assert p is not None and res.prune[0]["all_kept"] and tuple(res.prune[0]["grid"]) == (8, 14, 14)
+    assert p.budgets.tolist() == [196] * 8 and p.keep.all() and not p.foveal.any()
+    assert p.num_tokens == 8 * 196 and p.relevance.tolist() == [1.0] and p.segment_id.tolist() == [0] * 8
+    assert res.segments() == [{"segment": 0, "first_frame": 0, "last_frame": 7, "relevance": 1.0, "tokens": 8 * 196}]
+    rec = res.to_dict()
+    assert rec["budgets"] == [196] * 8 and rec["grid"] == [8, 14, 14] and rec["retention"] == 1.0
+    assert any("nothing pruned" in n for n in res.notes)
+    for k in ("decode", "preprocess", "prefill", "generate", "total"):
+        assert res.timings[k] >= 0.0, k
+
+
+def test_save_map_at_full_retention(llava, tmp_path):
+    """retention 1.0 (regression: "no pruning record to draw"): an all-kept map is drawn."""
+    from PIL import Image
+
+    from vista.viz import ANCHOR_RGB, token_map_size
+
+    pipe = VistaPipeline(llava, retention=1.0, num_frames=4)
+    res = pipe.ask(synthetic_video(4, height=48, width=64, seed=5), QUESTION, max_new_tokens=1)
+    m = res.save_map(tmp_path / "all.png")
+    img = np.asarray(Image.open(m.path).convert("RGB"))
+    assert (m.width, m.height) == token_map_size(4, (48, 64))
+    cyan = (np.abs(img.astype(int) - np.array(ANCHOR_RGB)).sum(-1) < 40).sum()
+    assert cyan > 4 * 196 * 4  # every token outlined
+
+
+def test_beam_search_and_sampled_sequences(llava):
+    """Regression: ask always passed a streamer, which generate() refuses with beam search."""
+    from transformers import StoppingCriteria
+
+    pipe = VistaPipeline(llava, retention=0.25, num_frames=4, progress=True)
+    frames = synthetic_video(4, height=48, width=48, seed=3).frames
+    greedy = pipe.ask(frames, QUESTION, max_new_tokens=2)
+
+    class Count(StoppingCriteria):
+        calls = 0
+
+        def __call__(self, input_ids, scores, **kwargs):
+            Count.calls += 1
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    from transformers import StoppingCriteriaList
+
+    res = pipe.ask(frames, QUESTION, max_new_tokens=2, num_beams=2, stopping_criteria=StoppingCriteriaList([Count()]))
+    assert isinstance(res.answer, str) and 1 <= res.new_tokens <= 2 and Count.calls >= 1  # user criteria kept
+    assert res.tokens_after == greedy.tokens_after == vista.retained_count(4, 196, 0.25) + 1
+    t = res.timings
+    assert t["prefill"] >= 0.0 and t["generate"] >= 0.0 and res.ttft_s == pytest.approx(t["total"] - t["generate"])
+    assert t["total"] >= t["generate"] and res.ttft_s > t["preprocess"]
+
+    sampled = pipe.ask(frames, QUESTION, max_new_tokens=2, do_sample=True, num_return_sequences=2)
+    assert isinstance(sampled.answer, str) and sampled.new_tokens >= 1
+
+    gc = pipe.model.generation_config  # a checkpoint whose generation_config asks for beams
+    saved = gc.num_beams
+    gc.num_beams = 2
+    try:
+        res2 = pipe.ask(frames, QUESTION, max_new_tokens=2)
+    finally:
+        gc.num_beams = saved
+    assert res2.answer == res.answer and set(res2.timings) == set(greedy.timings)
+
 
 def test_short_video_and_no_scout(llava, tmp_path):
     p = write_video(tmp_path / "short.mp4", synthetic_video(5, height=32, width=32).frames)
@@ -121,6 +185,10 @@ def test_qwen2_5_vl(tmp_path_factory, scout):
     assert res.tokens_after == vista.retained_count(T, h * w, 0.25)
     m = res.save_map(tmp_path_factory.mktemp("q") / "q.png")
     assert os.path.getsize(m.path) > 0
+    pipe.set_config(vista.VistaConfig(retention=1.0))  # stock path: the all-kept record's grid
+    full = pipe.ask(frames, QUESTION, max_new_tokens=1)
+    assert full.prune[0]["all_kept"] and tuple(full.prune[0]["grid"]) == (T, h, w)
+    assert full.tokens_before == full.tokens_after == T * h * w == full.pruned.num_tokens
 
 
 def test_errors(llava, pipe, clip, tmp_path):

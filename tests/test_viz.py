@@ -77,6 +77,20 @@ def test_single_frame_keeps_a_readable_width(tmp_path):
     assert Image.open(out.path).size == (650, 498)
 
 
+def test_note_line_keeps_the_layout(tmp_path):
+    """``note`` (e.g. the all-kept map of retention 1.0) adds a subtitle line, not pixels."""
+    frames = synthetic_video(4, height=48, width=64).frames
+    p = vista.prune_video(torch.randn(4, 36, 8), torch.randn(8), None, vista.VistaConfig(retention=1.0))
+    assert p.keep.all()
+    plain = save_token_map(tmp_path / "a.png", frames, p, (6, 6), question="q?")
+    noted = save_token_map(tmp_path / "b.png", frames, p, (6, 6), question="q?",
+                           note="retention 1.0: nothing pruned -- segments and relevance not computed " * 3)
+    a, b = (np.asarray(Image.open(m.path).convert("L")) for m in (plain, noted))
+    assert a.shape == b.shape == (noted.height, noted.width)
+    title = int(0.75 * 100)  # the note is drawn in the title band only
+    assert (a[:title] != b[:title]).any() and (a[title:] == b[title:]).all()
+
+
 def test_compose_tile_dims_and_outlines():
     frame = np.full((28, 28, 3), 200, dtype=np.uint8)
     keep = np.zeros(4, bool)

@@ -182,6 +182,8 @@ def _check_map_path(path: Optional[str]) -> None:
 
 def _demo_table(res) -> List[str]:
     p = res.pruned
+    if p is None:  # pragma: no cover - ask records an all-kept video at retention 1.0
+        return ["(no pruning record: the model did not run Vista on the video)"]
     lines = ["frame  segment  relevance  budget  foveal  anchors"]
     rel = p.relevance.tolist()
     for t in range(int(p.budgets.shape[0])):

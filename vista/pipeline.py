@@ -51,7 +51,10 @@ class AskResult:
         first token (vision tower, projector, LLM prefill); ``generate`` the remaining tokens;
         ``total`` decode to the last token (without ``load``).
     prune: ``vista.models.last_prune_info(model)``: one dict per video with ``pruned`` (a
-        ``vista.PrunedVideo``), ``grid`` (T, h, w), ``question`` and ``timings``.
+        ``vista.PrunedVideo``), ``grid`` (T, h, w), ``question`` and ``timings``. At retention
+        1.0 the stock model runs and records nothing; ``ask`` then stores one all-kept record
+        (budgets = N, one segment of relevance 1.0, ``"all_kept": True``; see
+        ``VistaPipeline._all_kept_record``).
     new_tokens: number of generated tokens.
     video: the sampled :class:`vista.video.Video` (its frames are what the model saw).
     config: the VistaConfig used.
@@ -151,8 +154,11 @@ class AskResult:
         if self.pruned is None or self.video is None:
             raise PipelineError("no pruning record to draw: the model did not run Vista on a video")
         grid = self.prune[0].get("grid")
+        note = None
+        if self.prune[0].get("all_kept"):
+            note = "retention 1.0: nothing pruned -- segments and relevance not computed (one segment, relevance 1.0)"
         return save_token_map(path, self.video.frames, self.pruned, grid, question=self.question,
-                              max_frames=max_frames)
+                              max_frames=max_frames, note=note)
 
 
 def _ordered(timings: Dict[str, float]) -> List[str]:
@@ -174,28 +180,49 @@ def _check_max_new_tokens(n) -> int:
 
 
 class _TokenProgress:
-    """A generate() streamer: times the first token (prefill) and drives a tqdm bar."""
+    """Times the first generated token (prefill) and drives a tqdm bar, from inside generate().
 
-    def __init__(self, total: int, show: bool):
-        self.calls = 0
+    Passed to ``generate`` as a stopping criterion that never stops: transformers calls stopping
+    criteria once per decoding step, right after the step's token(s) were appended, in greedy
+    and sampling decoding, beam search and assisted decoding alike -- unlike a streamer, which
+    ``generate`` refuses with beam search (``num_beams > 1``, also when set by the checkpoint's
+    generation_config). One mechanism thus times every decoding mode the same way.
+    """
+
+    def __init__(self, total: int, show: bool, prompt_len: int):
         self.t_first: Optional[float] = None
-        self.count = 0
+        self.prompt_len = int(prompt_len)
+        self.count = 0  # generated positions seen so far (per sequence)
         self.bar = None
         if show:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="generating", unit="tok", leave=False)
 
-    def put(self, value):
-        self.calls += 1
-        if self.calls == 1:  # the prompt
-            return
+    def __call__(self, input_ids, scores=None, **kwargs):
+        import torch
+
         if self.t_first is None:
+            # wait for the device (CUDA runs asynchronously) so the time is that of the token
+            input_ids[..., -1:].cpu()
             self.t_first = time.perf_counter()
-        n = int(value.numel()) if hasattr(value, "numel") else 1
-        self.count += n
-        if self.bar is not None:
-            self.bar.update(n)
+        n = max(0, int(input_ids.shape[-1]) - self.prompt_len)
+        if n > self.count:
+            if self.bar is not None:
+                self.bar.update(n - self.count)
+            self.count = n
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def __deepcopy__(self, memo):  # a copied criteria list must still report to this timer
+        return self
+
+    def criteria(self, user=None):
+        """A StoppingCriteriaList with the user's criteria (if any) and this timer."""
+        from transformers import StoppingCriteriaList
+
+        out = StoppingCriteriaList(list(user) if user is not None else [])
+        out.append(self)
+        return out
 
     def end(self):
         if self.bar is not None:
@@ -354,7 +381,9 @@ class VistaPipeline:
             do_sample: bool = False, **generate_kwargs) -> AskResult:
         """Answer ``question`` about ``video`` (a path, an image folder, a Video or a frame array).
 
-        Greedy decoding by default. Raises VideoError / PipelineError (ValueErrors) on bad input.
+        Greedy decoding by default; other keyword arguments go to ``generate`` (``num_beams``,
+        ``num_return_sequences``, ``stopping_criteria``, ...; the answer is the first returned
+        sequence). Raises VideoError / PipelineError (ValueErrors) on bad input.
         """
         import torch
 
@@ -376,14 +405,21 @@ class VistaPipeline:
         timings["preprocess"] = time.perf_counter() - t
 
         models = _models()
-        streamer = _TokenProgress(max_new_tokens, self.progress)
+        input_len = inputs["input_ids"].shape[1]
+        # times the first token through a stopping criterion, not a streamer: generate() refuses
+        # streamers with beam search (num_beams > 1 here or in the checkpoint's generation_config)
+        timer = _TokenProgress(max_new_tokens, self.progress, input_len)
+        generate_kwargs["stopping_criteria"] = timer.criteria(generate_kwargs.get("stopping_criteria"))
         t = time.perf_counter()
-        with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                      streamer=streamer, question=question, **generate_kwargs)
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                          question=question, **generate_kwargs)
+        finally:
+            timer.end()
         t_end = time.perf_counter()
-        streamer.end()
-        first = streamer.t_first if streamer.t_first is not None else t_end
+        out = getattr(out, "sequences", out)  # return_dict_in_generate=True
+        first = timer.t_first if timer.t_first is not None else t_end
         prune = list(models.last_prune_info(self.model) or [])
         inner: Dict[str, float] = {}
         for rec in prune:
@@ -398,15 +434,55 @@ class VistaPipeline:
         timings["generate"] = t_end - first
         timings["total"] = t_end - t_start
 
-        input_len = inputs["input_ids"].shape[1]
         new = out[0, input_len:] if out.shape[1] > input_len else out[0, :0]
         answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         before, after = self._token_counts(inputs, prune)
+        notes = list(v.notes)
+        if not prune and self.config.retention >= 1.0:
+            # retention 1.0 runs the stock model (nothing pruned, nothing recorded): record the
+            # all-kept result so that budgets, segments and the token map still describe the run
+            rec = self._all_kept_record(inputs, question)
+            if rec is not None:
+                prune = [rec]
+                notes.append("retention 1.0: nothing pruned, every visual token kept "
+                             "(segments and relevance not computed: one segment, relevance 1.0)")
         return AskResult(
             answer=answer, question=question, frames=v.num_frames, frames_requested=n,
             tokens_before=before, tokens_after=after, timings=timings, prune=prune,
-            new_tokens=int(new.numel()), video=v, config=self.config, notes=list(v.notes),
+            new_tokens=int(new.numel()), video=v, config=self.config, notes=notes,
         )
+
+    def _all_kept_record(self, inputs, question) -> Optional[Dict[str, Any]]:
+        """A ``last_prune_info``-like record of the video when pruning was a no-op (retention 1.0).
+
+        Every token kept (budgets = N), no foveal tokens (the scout does not run), one segment with
+        relevance 1.0 (the frame features that segmentation needs are not computed on the stock
+        path), ``tokens`` of width 0 (the features are not recorded), ``"all_kept": True``.
+        None when the token grid cannot be read from the inputs.
+        """
+        import torch
+
+        from .prune import PrunedVideo
+
+        grid = _video_grid(self.model, inputs)
+        if grid is None:
+            return None
+        T, h, w = grid
+        N = h * w
+        keep = torch.ones(T, N, dtype=torch.bool)
+        frame_index, token_index = torch.nonzero(keep, as_tuple=True)
+        pv = PrunedVideo(
+            tokens=torch.empty(T * N, 0),
+            frame_index=frame_index,
+            token_index=token_index,
+            budgets=torch.full((T,), N, dtype=torch.int64),
+            segment_id=torch.zeros(T, dtype=torch.int64),
+            relevance=torch.ones(1, dtype=torch.float32),
+            keep=keep,
+            foveal=torch.zeros(T, N, dtype=torch.bool),
+            assign=torch.arange(N).expand(T, N).clone(),
+        )
+        return {"pruned": pv, "grid": (T, h, w), "question": question, "timings": {}, "all_kept": True}
 
     def _token_counts(self, inputs, prune):
         """Visual tokens the LLM receives without Vista and with it.
@@ -429,6 +505,33 @@ class VistaPipeline:
             return (sum(int(r["pruned"].keep.numel()) for r in prune),
                     sum(int(r["pruned"].num_tokens) for r in prune))
         return after + removed, after
+
+
+def _video_grid(model, inputs):
+    """(T, h, w) token grid of the first video of processor ``inputs`` (None when unknown)."""
+    import math
+
+    family = _family(model)
+    cfg = getattr(model, "config", None)
+    vcfg = getattr(cfg, "vision_config", None)
+    try:
+        if family == "llava_onevision":
+            pv = inputs.get("pixel_values_videos")
+            if pv is None:
+                return None
+            T = int(pv[0].shape[0]) if isinstance(pv, (list, tuple)) else int(pv.shape[1])
+            side = math.ceil(int(vcfg.image_size) // int(vcfg.patch_size) / 2)  # 2x2-pooled grid
+            return T, side, side
+        if family == "qwen2_5_vl":
+            thw = inputs.get("video_grid_thw")
+            if thw is None:
+                return None
+            m = int(vcfg.spatial_merge_size)
+            t, H, W = (int(x) for x in thw[0].tolist())
+            return t, H // m, W // m
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _family(model) -> Optional[str]:

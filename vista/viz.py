@@ -123,6 +123,7 @@ def save_token_map(
     *,
     question: Optional[str] = None,
     title: Optional[str] = None,
+    note: Optional[str] = None,
     max_frames: int = 16,
     cols: int = 8,
     dpi: int = 100,
@@ -138,6 +139,7 @@ def save_token_map(
             relevance: (S,)).
         grid: (h, w) or (T, h, w) of the token grid, h*w = N; default: square.
         question: written in the title.
+        note: an extra line under the title's counts (e.g. that nothing was pruned).
         max_frames: at most this many frames in the strip (spread evenly); the chart shows all.
     Returns:
         TokenMap with the path and pixel size.
@@ -182,6 +184,9 @@ def save_token_map(
     if question:
         q = question if len(question) <= 110 else question[:107] + "..."
         sub = f"Q: {q}\n{sub}"
+    if note:
+        n = " ".join(str(note).split())
+        sub = f"{sub}\n{n if len(n) <= 130 else n[:127] + '...'}"
     fig.text(0.5, 1 - 0.08 / H_in, head, ha="center", va="top", fontsize=12, weight="bold")
     fig.text(0.5, 1 - 0.28 / H_in, sub, ha="center", va="top", fontsize=8, linespacing=1.3)
 
