@@ -133,3 +133,14 @@ def test_question_token_ids_takes_the_turn_of_the_video():
     # no turn markers known: the turn starts after the previous end-of-turn token
     info2 = dict(info, turn_start=None)
     assert question_token_ids(row, valid, (11, 14), info2).tolist() == [40, 41, 42]
+
+
+def test_normalize_override_maps_through_the_expansion_order():
+    from vista.models.common import _normalize_override
+
+    assert _normalize_override(["a", "b"], 4, order=[0, 1, 0, 1]) == ["a", "b", "a", "b"]
+    assert _normalize_override(["a", "b"], 4, order=[0, 0, 1, 1]) == ["a", "a", "b", "b"]
+    assert _normalize_override(["a", "b", "c", "d"], 4, order=[0, 1, 0, 1]) == ["a", "b", "c", "d"]
+    assert _normalize_override(["a", "b"], 4) == ["a", "a", "b", "b"]  # no order known: one video a sample
+    with pytest.raises(ValueError, match="question"):
+        _normalize_override(["a", "b", "c"], 4, order=[0, 1, 0, 1])

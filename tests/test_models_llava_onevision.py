@@ -269,3 +269,111 @@ def test_cuda_scout_runs_on_a_side_stream(mp, video):
     assert info["timings"]["scout_s"] > 0 and info["timings"]["prune_s"] > 0
     s2, _ = greedy(model, batch, n=2)
     assert torch.equal(s1, s2)
+
+
+def test_retention_one_is_bit_identical_with_beams(mp, video):
+    model, proc = mp
+    batch = inputs(proc, [video], [QUESTION])
+    s0, l0 = greedy(model, batch, n=2, num_beams=2)
+    apply_vista(model, VistaConfig(retention=1.0), processor=proc)
+    s1, l1 = greedy(model, batch, n=2, num_beams=2)
+    assert torch.equal(s0, s1) and torch.equal(l0, l1)
+    assert last_prune_info(model) == []
+
+def test_question_list_follows_videos_through_beam_expansion(mp):
+    # a sample holding two videos expands to [A, B, A, B]: the per-video questions must follow
+    model, proc = mp
+    v0, v1 = random_video(T, 48, 48, seed=3), random_video(T, 48, 48, seed=4, scenes=3)
+    apply_vista(model, VistaConfig(retention=0.25), processor=proc)
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    b = proc(text=[proc.apply_chat_template(msgs, add_generation_prompt=True)], videos=[v0, v1], return_tensors="pt")
+    qa, qb = QUESTION, OTHER_QUESTION
+    with torch.no_grad():
+        model.generate(**b, max_new_tokens=1, do_sample=False, question=[qa, qb])
+    alone = last_prune_info(model)
+    assert [d["question"] for d in alone] == [qa, qb]
+    with torch.no_grad():
+        model.generate(**b, max_new_tokens=1, do_sample=False, num_beams=2, question=[qa, qb])
+    info = last_prune_info(model)
+    assert [d["question"] for d in info] == [qa, qb, qa, qb]
+    for d, a in zip(info, alone + alone):
+        assert torch.equal(d["pruned"].keep, a["pruned"].keep)
+    with pytest.raises(ValueError, match="question"):
+        greedy(model, b, n=1, num_beams=2, question=[qa, qb, qa])
+
+
+def test_concurrent_generate_calls_keep_their_own_question(mp, video):
+    import threading
+
+    model, proc = mp
+    apply_vista(model, VistaConfig(retention=0.25), processor=proc)
+    b = inputs(proc, [video], [QUESTION])
+    a_in, b_in, a_done = threading.Event(), threading.Event(), threading.Event()
+    seen, errors = {}, []
+
+    def hook(mod, args):  # A waits inside its vision tower until B got there too; B until A finished
+        name = threading.current_thread().name
+        if name == "A" and not a_in.is_set():
+            a_in.set()
+            b_in.wait(10)
+        elif name == "B" and not b_in.is_set():
+            b_in.set()
+            a_done.wait(10)
+
+    def run(q):
+        try:
+            with torch.no_grad():
+                model.generate(**b, max_new_tokens=1, do_sample=False, question=q)
+            seen[threading.current_thread().name] = last_prune_info(model)[0]["question"]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            if threading.current_thread().name == "A":
+                a_done.set()
+
+    h = model.model.vision_tower.register_forward_pre_hook(hook)
+    try:
+        ta = threading.Thread(target=run, args=("which color is the car",), name="A")
+        tb = threading.Thread(target=run, args=("where is the dog",), name="B")
+        ta.start()
+        assert a_in.wait(10)
+        tb.start()
+        ta.join(20)
+        tb.join(20)
+    finally:
+        h.remove()
+    assert not errors and b_in.is_set()
+    assert seen == {"A": "which color is the car", "B": "where is the dog"}
+    st = model.__dict__["_vista_state"]
+    assert st.pending is None and st.kept is None
+    assert last_prune_info(model)[0]["question"] in ("which color is the car", "where is the dog")  # latest of any thread
+    logits(model, b)  # a later plain forward: its own prompt's question, nothing stale
+    assert last_prune_info(model)[0]["question"] == QUESTION
+
+
+def test_deepcopy_is_patched_on_its_own_weights(mp, video):
+    import copy
+
+    from vista.models import is_patched
+
+    model, proc = mp
+    apply_vista(model, VistaConfig(retention=0.25), processor=proc)
+    b = inputs(proc, [video], [QUESTION])
+    ref = logits(model, b)
+    twin = copy.deepcopy(model)
+    assert is_patched(twin) and twin.model.forward.__wrapped__.__self__ is twin.model
+    assert twin.generate.__wrapped__.__self__ is twin
+    assert torch.equal(logits(twin, b), ref)
+    assert last_prune_info(twin)[0]["question"] == QUESTION
+    with torch.no_grad():
+        for p in twin.model.language_model.parameters():
+            p.mul_(0.0)
+    assert not torch.equal(logits(twin, b), ref)
+    assert torch.equal(logits(model, b), ref)
+    s, _ = greedy(twin, b, n=1)  # generate() of the copy runs the copy
+    remove_vista(twin)  # unpatches the copy only
+    assert not is_patched(twin) and "forward" not in twin.model.__dict__
+    assert is_patched(model) and torch.equal(logits(model, b), ref)
+    inner = copy.deepcopy(model.model)  # a part copied on its own: stock methods, bound to the copy
+    assert inner.forward.__self__ is inner
+

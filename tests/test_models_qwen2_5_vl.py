@@ -298,3 +298,74 @@ def test_beam_search_and_multiple_sequences(mp):
     assert [d["grid"] for d in info] == [g[0], g[0], g[1], g[1]]
     assert [d["question"] for d in info] == [QUESTION, QUESTION, OTHER_QUESTION, OTHER_QUESTION]
     assert torch.equal(info[0]["pruned"].keep, info[1]["pruned"].keep)
+
+
+def _gen(model, batch, **kw):
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = model.generate(**batch, max_new_tokens=2, output_logits=True, return_dict_in_generate=True, **kw)
+    return out.sequences, torch.stack(out.logits, 1)
+
+
+@pytest.mark.parametrize("kw", [{"num_beams": 2, "do_sample": False},
+                                {"num_return_sequences": 2, "do_sample": True}], ids=["beams", "sequences"])
+def test_retention_one_is_bit_identical_with_beams(mp, video, kw):
+    # the stock beam expansion turns Qwen's tuple pooler_output into a list: that is no ragged batch
+    model, proc = mp
+    batch = _vin(proc, [video], [QUESTION])
+    s0, l0 = _gen(model, batch, **kw)
+    apply_vista(model, VistaConfig(retention=1.0), processor=proc)
+    s1, l1 = _gen(model, batch, **kw)
+    assert torch.equal(s0, s1) and torch.equal(l0, l1)
+    assert last_prune_info(model) == []
+
+
+def test_image_and_video_with_beams_keeps_image_positions(mp, video):
+    import numpy as np
+
+    model, proc = mp
+    img = np.random.default_rng(0).integers(0, 256, size=(112, 112, 3), dtype=np.uint8)
+    apply_vista(model, VistaConfig(retention=0.25), processor=proc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = proc(text=[image_video_prompt(proc)], images=[img], videos=[video], return_tensors="pt")
+    with capture_llm(model) as one, torch.no_grad():
+        model(**batch)
+    info1 = last_prune_info(model)
+    for kw in ({"num_beams": 2, "do_sample": False}, {"num_return_sequences": 2, "do_sample": True}):
+        with capture_llm(model) as calls:
+            s, _ = _gen(model, batch, **kw)
+        assert s.shape[1] == batch["input_ids"].shape[1] + 2
+        pos = calls[0]["position_ids"]  # prefill of both copies: the positions of the sample alone
+        assert pos.shape[1] == 2
+        for b in range(2):
+            assert torch.equal(pos[-3:, b], one[0]["position_ids"][-3:, 0])
+        info = last_prune_info(model)
+        assert len(info) == 2 and all(torch.equal(d["pruned"].keep, info1[0]["pruned"].keep) for d in info)
+
+
+def test_deepcopy_runs_the_copy_s_own_weights(mp, video):
+    import copy
+
+    model, proc = mp
+    apply_vista(model, VistaConfig(retention=0.25), processor=proc)
+    batch = _vin(proc, [video], [QUESTION])
+    ref = logits(model, batch)
+    twin = copy.deepcopy(model)
+    assert vista.models.is_patched(twin)
+    assert twin.model.get_rope_index.__wrapped__.__self__ is twin.model
+    assert twin.model.forward.__wrapped__.__self__ is twin.model
+    assert torch.equal(logits(twin, batch), ref)
+    with torch.no_grad():
+        for p in twin.model.language_model.parameters():
+            p.mul_(0.5)
+    assert not torch.equal(logits(twin, batch), ref)
+    assert torch.equal(logits(model, batch), ref)  # the original is untouched
+    # the copy shares the processor link; once the original lets go of it, the copy takes it over
+    remove_vista(model)
+    assert vista.models.is_patched(twin) and "replace_video_token" not in vars(proc)
+    apply_vista(twin, VistaConfig(retention=0.25), processor=proc)
+    again = _vin(proc, [video], [QUESTION])
+    assert torch.equal(again["input_ids"], batch["input_ids"])
+    remove_vista(twin)
+    assert "replace_video_token" not in vars(proc)

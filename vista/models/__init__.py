@@ -26,6 +26,7 @@ import torch
 
 from ..config import VistaConfig
 from .common import (
+    PatchedMethod,
     VideoItem,
     VistaState,
     assign_questions,
@@ -155,7 +156,7 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
 # ----------------------------------------------------------------------------------------------
 # patching
 # ----------------------------------------------------------------------------------------------
-def _make_generate(model, orig):
+def _make_generate(model, inner, adapter, orig):
     @functools.wraps(orig)
     def generate(*args, question=None, **kwargs):
         st = get_state(model)
@@ -207,7 +208,7 @@ def _make_get_video_features(model, inner, adapter, orig):
     return get_video_features
 
 
-def _make_get_image_features(model, orig):
+def _make_get_image_features(model, inner, adapter, orig):
     """Tag image-encoder outputs with their ``image_grid_thw`` (generate() pops it from the
     forward's kwargs once the encoder ran; the Qwen position fix-up needs it)."""
 
@@ -232,27 +233,36 @@ def _make_expand(model, inner, adapter, orig):
     @functools.wraps(orig)
     def _expand_multimodal_outputs(input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
         st = get_state(model)
-        video = (mm_encoder_output or {}).get("video")
-        if (st is None or video is None or input_ids is None or expand_size == 1
-                or getattr(video, "_vista_pruned", False)):
+        if st is None or expand_size == 1 or not mm_encoder_output or input_ids is None:
             return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
-        ragged = isinstance(video.pooler_output, list)
+        # the image output's tag (Qwen's image_grid_thw) must follow the stock image expansion
+        image = mm_encoder_output.get("image")
+        image_grid = getattr(image, "_vista_image_grid_thw", None)
+        image_order = None
+        if isinstance(image_grid, torch.Tensor) and getattr(image, "pooler_output", None) is not None:
+            image_order = _expansion_order(input_ids, inner.config.image_token_id,
+                                           [len(o) for o in image.pooler_output], expand_size)
+        out = _expand_video(st, input_ids, mm_encoder_output, expand_size, inputs_embeds)
+        if image_order is not None and out.get("image") is not None:
+            try:
+                out["image"]._vista_image_grid_thw = image_grid[torch.tensor(image_order, device=image_grid.device)]
+            except Exception:  # tuple outputs
+                pass
+        return out
+
+    def _expand_video(st, input_ids, mm_encoder_output, expand_size, inputs_embeds):
+        video = mm_encoder_output.get("video")
+        if video is None or getattr(video, "_vista_pruned", False):
+            return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
+        ragged = bool(getattr(video, "_vista_ragged", False))
         if not st.active and not ragged:
             return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
         grid_thw = getattr(video, "_vista_grid_thw", None)
         items = adapter.split(inner, video, {"video_grid_thw": grid_thw})
         counts = [adapter.placeholder_count(it, st.config) for it in items]
-        per_row = (input_ids == adapter.video_token_id(inner.config)).sum(-1).tolist()
-        order, k = [], 0
-        for n in per_row:  # the videos of each sample, in placeholder order
-            mine = []
-            while n > 0 and k < len(counts):
-                mine.append(k)
-                n -= counts[k]
-                k += 1
-            if n != 0:
-                raise ValueError("video placeholders of a sample do not match its videos' pruned token counts")
-            order += mine * expand_size
+        order = _expansion_order(input_ids, adapter.video_token_id(inner.config), counts, expand_size)
+        if order is None:
+            raise ValueError("video placeholders of a sample do not match its videos' pruned token counts")
         po = video.pooler_output
         if isinstance(po, torch.Tensor):
             new_po = po[torch.tensor(order, device=po.device)]
@@ -265,6 +275,9 @@ def _make_expand(model, inner, adapter, orig):
             handle = dict(handle, raw={j: handle["raw"][i] for j, i in enumerate(order) if i in handle["raw"]})
         new._vista_scout = handle
         new._vista_grid_thw = None if grid_thw is None else grid_thw[torch.tensor(order, device=grid_thw.device)]
+        new._vista_ragged = ragged
+        prev_order = getattr(video, "_vista_order", None)  # expanded twice: compose
+        new._vista_order = order if prev_order is None else [prev_order[i] for i in order]
         rest = {key: v for key, v in mm_encoder_output.items() if key != "video"}
         out = orig(input_ids, rest, expand_size=expand_size, inputs_embeds=inputs_embeds) if rest else {}
         out = dict(out)
@@ -272,6 +285,25 @@ def _make_expand(model, inner, adapter, orig):
         return out
 
     return _expand_multimodal_outputs
+
+
+def _expansion_order(input_ids, token_id, counts, expand_size):
+    """Order of the encoder outputs after generate()'s expansion, as the stock helper does it:
+    each sample's group of outputs (in placeholder order) repeated ``expand_size`` times
+    ([A, B] -> [A, B, A, B]). ``counts``: placeholder tokens of each output. None when the
+    placeholders of a sample do not add up to whole outputs."""
+    per_row = (input_ids == token_id).sum(-1).tolist()
+    order, k = [], 0
+    for n in per_row:
+        mine = []
+        while n > 0 and k < len(counts):
+            mine.append(k)
+            n -= counts[k]
+            k += 1
+        if n != 0:
+            return None
+        order += mine * expand_size
+    return order if k == len(counts) else None
 
 
 def _video_device(inner, pixel_values_videos):
@@ -291,6 +323,7 @@ def _ragged_video_features(inner, orig, args):
     outs = [orig(v.to(device=p.device, dtype=dtype)[None], **rest) for v in args["pixel_values_videos"]]
     out = outs[0]
     out.pooler_output = [o.pooler_output[0] for o in outs]
+    out._vista_ragged = True  # a list of per-video features the stock model cannot take
     return out
 
 
@@ -315,7 +348,9 @@ def _make_forward(model, inner, adapter, orig):
         mm = a.get("mm_encoder_outputs") or {}
         video_out = mm.get("video")
         pvv = a.get("pixel_values_videos")
-        ragged = isinstance(pvv, (list, tuple)) or isinstance(getattr(video_out, "pooler_output", None), list)
+        # ragged LLaVA batches (marked by _ragged_video_features); a list pooler_output alone is
+        # no sign of one: the stock beam expansion turns Qwen's tuple into a list
+        ragged = isinstance(pvv, (list, tuple)) or bool(getattr(video_out, "_vista_ragged", False))
         if not st.active and not ragged:  # retention 1.0: the stock path, untouched
             return orig(*args, **kwargs)
         if (pvv is None and video_out is None) or getattr(video_out, "_vista_pruned", False):
@@ -344,7 +379,7 @@ def _make_forward(model, inner, adapter, orig):
         if a.get("video_grid_thw") is None and getattr(video_out, "_vista_grid_thw", None) is not None:
             a["video_grid_thw"] = video_out._vista_grid_thw
         items = adapter.split(inner, video_out, a)
-        assign_questions(st, inner, items, ids, mask, question)
+        assign_questions(st, inner, items, ids, mask, question, order=getattr(video_out, "_vista_order", None))
         handle = getattr(video_out, "_vista_scout", None)
         if st.scout is not None and handle is None:
             notice_once("scout:nopixels", "vista: video features were given without pixel values (or without "
@@ -378,7 +413,11 @@ def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, process
             the scout's question text.
     Returns:
         the same model. Applying twice replaces config and scout (and links a new processor).
-        ``remove_vista(model)`` undoes everything.
+        ``remove_vista(model)`` undoes everything. ``copy.deepcopy(model)`` gives a patched copy
+        running its own weights; it shares the scout, the tokenizer and the processor link (the
+        processor stays patched by the original, so give the copy the same retention/newline).
+        Concurrent ``generate()`` calls on one model keep their own questions and prune info
+        (per-thread state); Qwen2.5-VL's stock ``rope_deltas`` cache is still one per model.
     """
     config = check_config(config)
     scout = check_scout(scout)
@@ -392,25 +431,31 @@ def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, process
     if st is not None:  # idempotent: replace settings
         st.config = config
         st.scout = scout
-        st.last_info = []
-        if processor is not None and all(p is not processor for p in st.processors):
+        st.reset_info()
+        linked = processor is not None and any(p is processor for p in st.processors)
+        # a deep copy shares the original's processor link; once the original let go of it
+        # (remove_vista), the copy patches it itself
+        if processor is not None and (not linked or "replace_video_token" not in vars(processor)):
             adapter.patch_processor(st, processor)
-            st.processors.append(processor)
+            if not linked:
+                st.processors.append(processor)
             st.tokenizer = getattr(processor, "tokenizer", None)
             st._tok_cache = None
         return model
     inner = adapter.inner(model)
     st = VistaState(config=config, family=family, adapter=adapter, scout=scout)
     try:
-        patch_attr(st, inner, "forward", _make_forward(model, inner, adapter, inner.forward))
-        patch_attr(st, inner, "get_video_features", _make_get_video_features(model, inner, adapter, inner.get_video_features))
+        def wrap(obj, name, factory):
+            patch_attr(st, obj, name, PatchedMethod(factory, model, inner, adapter, getattr(obj, name)))
+
+        wrap(inner, "forward", _make_forward)
+        wrap(inner, "get_video_features", _make_get_video_features)
         if hasattr(inner, "get_image_features"):
-            patch_attr(st, inner, "get_image_features", _make_get_image_features(model, inner.get_image_features))
+            wrap(inner, "get_image_features", _make_get_image_features)
         if hasattr(model, "generate") and model is not inner:
-            patch_attr(st, model, "generate", _make_generate(model, model.generate))
+            wrap(model, "generate", _make_generate)
         if hasattr(model, "_expand_multimodal_outputs") and model is not inner:
-            patch_attr(st, model, "_expand_multimodal_outputs",
-                       _make_expand(model, inner, adapter, model._expand_multimodal_outputs))
+            wrap(model, "_expand_multimodal_outputs", _make_expand)
         if hasattr(adapter, "patch_model_extra"):
             adapter.patch_model_extra(st, model, inner)
         if processor is not None:
@@ -460,7 +505,8 @@ def last_prune_info(model) -> List[dict]:
          "timings": {"prune_s": float, "scout_s": float}}
 
     Empty when the model is not patched, no video was pruned yet, or retention is 1.0 (the stock
-    path runs untouched). On CUDA this waits for the recorded timing events.
+    path runs untouched). Per thread: the last prune of the calling thread (of any thread when
+    this one never pruned). On CUDA this waits for the recorded timing events.
     """
     st = get_state(model)
     if st is None:

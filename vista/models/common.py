@@ -30,16 +30,26 @@ Flow of one prefill with a video:
    (stream event, no host sync), prunes all videos with one ``vista.prune_videos`` call and calls
    the stock ``forward`` with ``mm_encoder_outputs={"video": pruned}``.
 
+Per-call state (what ``generate`` saw, Qwen's kept indices, the last prune info) is thread-local
+(:class:`VistaState`), so concurrent ``generate()`` calls on one patched model keep their own
+questions. The wrappers are :class:`PatchedMethod` objects: ``copy.deepcopy`` of a patched model
+gives a patched copy that runs its own weights (and ``remove_vista`` on either leaves the other
+patched). Ragged LLaVA features are marked ``_vista_ragged``; generate()'s expansion records
+``_vista_order`` (expanded video -> caller's video), through which per-video ``question=`` lists
+are mapped.
+
 ``retention == 1.0`` takes the stock path untouched (bit-identical logits); then the processor also
 emits the stock placeholder count (the LLaVA newline is kept whatever ``config.newline`` says), and
 ``last_prune_info`` stays empty (except for ragged LLaVA batches, which the stock model cannot run).
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -75,7 +85,14 @@ class VideoItem:
 
 @dataclass
 class VistaState:
-    """Everything apply_vista attached to one model (kept on the outer model instance)."""
+    """Everything apply_vista attached to one model (kept on the outer model instance).
+
+    Per-call state (``pending``: what generate() saw; ``kept``: kept token indices during a Qwen
+    prefill; ``last_info``: what the last prune of *this thread* did) lives in a
+    ``threading.local``, so concurrent ``generate()`` calls on one model neither see each other's
+    question nor leave state behind. ``last_info`` read from a thread that never pruned falls back
+    to the last prune of any thread.
+    """
 
     config: VistaConfig
     family: str
@@ -84,15 +101,64 @@ class VistaState:
     processors: List[Any] = field(default_factory=list)
     tokenizer: Any = None
     patched: List[tuple] = field(default_factory=list)  # (object, attribute name)
-    pending: Optional[dict] = None  # what generate() saw (input ids, question override)
-    last_info: List[dict] = field(default_factory=list)
     side_streams: Dict[Any, Any] = field(default_factory=dict)
-    kept: Optional[list] = None  # per video kept token indices during a prefill (Qwen rope)
     _tok_cache: Optional[dict] = None
+    _local: Any = field(default_factory=threading.local, repr=False, compare=False)
+    _epoch: int = 0  # bumped by reset_info(): older per-thread infos are stale
+    _latest_info: List[dict] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def active(self) -> bool:
         return self.config.retention < 1.0
+
+    # --- per-call (thread-local) state -----------------------------------------------------------
+    @property
+    def pending(self) -> Optional[dict]:
+        """What generate() saw (input ids, attention mask, question override), this thread."""
+        return getattr(self._local, "pending", None)
+
+    @pending.setter
+    def pending(self, value: Optional[dict]) -> None:
+        self._local.pending = value
+
+    @property
+    def kept(self) -> Optional[list]:
+        """Per video kept token indices during a prefill (Qwen rope), this thread."""
+        return getattr(self._local, "kept", None)
+
+    @kept.setter
+    def kept(self, value: Optional[list]) -> None:
+        self._local.kept = value
+
+    @property
+    def last_info(self) -> List[dict]:
+        mine = getattr(self._local, "info", None)
+        if mine is not None and mine[0] == self._epoch:
+            return mine[1]
+        return self._latest_info
+
+    @last_info.setter
+    def last_info(self, value: List[dict]) -> None:
+        value = list(value)
+        self._local.info = (self._epoch, value)
+        self._latest_info = value
+
+    def reset_info(self) -> None:
+        """Forget the prune info of every thread (apply_vista applied again)."""
+        self._epoch += 1
+        self._latest_info = []
+
+    def __deepcopy__(self, memo):
+        """The state of a deep copy of the patched model: the patched attributes of the copied
+        modules (looked up in ``memo``), its own config and per-call state; scout, tokenizer and
+        processors are shared (the processors stay patched by, and removable from, the original)."""
+        new = VistaState(config=copy.deepcopy(self.config, memo), family=self.family, adapter=self.adapter,
+                         scout=self.scout, processors=list(self.processors), tokenizer=self.tokenizer)
+        new.patched = [(copy.deepcopy(obj, memo), name) for obj, name in self.patched  # memo: the copies
+                       if isinstance(obj, torch.nn.Module)]
+        new._tok_cache = self._tok_cache
+        memo[id(self)] = new
+        return new
 
 
 def get_state(model) -> Optional[VistaState]:
@@ -194,6 +260,41 @@ def _noop_hook():
     return None
 
 
+class PatchedMethod:
+    """A model method wrapped by vista, stored as an instance attribute of the model (or of its
+    inner ``*Model``): ``factory(model, inner, adapter, orig)`` builds the wrapper function.
+
+    Deep copies rebuild the wrapper around the copies: ``copy.deepcopy(patched_model)`` gives a
+    patched copy whose wrappers run the copy's own modules and weights (``orig``, a bound method,
+    is re-bound to the copied module). A deep copy of a part of the model on its own (the outer
+    model not being copied) gets the stock method back.
+    """
+
+    def __init__(self, factory, model, inner, adapter, orig):
+        self._factory = factory
+        self._parts = (model, inner, adapter, orig)
+        self._fn = factory(model, inner, adapter, orig)
+        functools.update_wrapper(self, orig)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo):
+        model, inner, adapter, orig = self._parts
+        if id(model) not in memo:  # the patched model itself is not being copied
+            return copy.deepcopy(orig, memo)
+        new = type(self)(self._factory, copy.deepcopy(model, memo), copy.deepcopy(inner, memo), adapter,
+                         copy.deepcopy(orig, memo))
+        memo[id(self)] = new
+        return new
+
+    def __reduce__(self):
+        raise TypeError(
+            "a model patched by vista cannot be pickled: call vista.models.remove_vista(model) first "
+            "and apply_vista again after loading"
+        )
+
+
 def bind_arguments(fn, args, kwargs) -> dict:
     """Named arguments of a call of ``fn`` (its ``**kwargs`` flattened in)."""
     sig = inspect.signature(fn)
@@ -285,26 +386,39 @@ def question_token_ids(row_ids: torch.Tensor, valid: Optional[torch.Tensor], spa
     return torch.tensor(keep, dtype=torch.long)
 
 
-def _normalize_override(question, n_videos: int):
+def _normalize_override(question, n_videos: int, order=None):
+    """One question (or None) per video of the batch.
+
+    ``order`` (from the beam / num_return_sequences expansion) gives, for each video of the
+    expanded batch, the index of the caller's video it copies; a list with one entry per caller
+    video is then mapped through it (a sample with videos [A, B] expands to [A, B, A, B])."""
     if question is None:
         return [None] * n_videos
     if isinstance(question, str):
         return [question] * n_videos
     if isinstance(question, (list, tuple)) and all(q is None or isinstance(q, str) for q in question):
+        question = list(question)
+        if order is not None and len(order) == n_videos and len(question) != n_videos:
+            n_orig = max(order) + 1 if len(order) else 0
+            if len(question) != n_orig:
+                raise ValueError(f"question must be a str or a list with one str per video ({n_orig}), got {len(question)}")
+            return [question[i] for i in order]
         if question and len(question) != n_videos and n_videos % len(question) == 0:
-            r = n_videos // len(question)  # generate() copies each sample r times (beams / sequences)
+            r = n_videos // len(question)  # generate() copies each sample r times (one video a sample)
             question = [q for q in question for _ in range(r)]
         if len(question) != n_videos:
             raise ValueError(f"question must be a str or a list with one str per video ({n_videos}), got {len(question)}")
-        return list(question)
+        return question
     raise TypeError(f"question must be a str or a list of str, got {type(question).__name__}")
 
 
-def assign_questions(state: VistaState, inner, items: List[VideoItem], input_ids, attention_mask, override) -> None:
-    """Fill ``row``/``span``/``question``/``question_ids`` of every video item from ``input_ids``."""
+def assign_questions(state: VistaState, inner, items: List[VideoItem], input_ids, attention_mask, override,
+                     order=None) -> None:
+    """Fill ``row``/``span``/``question``/``question_ids`` of every video item from ``input_ids``
+    (``order``: see :func:`_normalize_override`)."""
     config = inner.config
     vid = state.adapter.video_token_id(config)
-    overrides = _normalize_override(override, len(items))
+    overrides = _normalize_override(override, len(items), order)
     info = _token_info(state, config)
     tok = state.tokenizer
     if input_ids is not None:
@@ -561,6 +675,7 @@ def notice_once(key: str, message: str, _seen=set()) -> None:
 __all__ = [
     "AdapterBase",
     "VideoItem",
+    "PatchedMethod",
     "VistaState",
     "assign_questions",
     "bind_arguments",

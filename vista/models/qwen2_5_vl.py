@@ -26,7 +26,7 @@ from typing import List
 import torch
 
 from ..budget import retained_count
-from .common import AdapterBase, VideoItem, _InstanceHook, get_state, patch_attr
+from .common import AdapterBase, PatchedMethod, VideoItem, _InstanceHook, get_state, patch_attr
 
 FAMILY = "qwen2_5_vl"
 MODEL_TYPES = ("qwen2_5_vl",)
@@ -147,20 +147,8 @@ class Qwen2_5_VLAdapter(AdapterBase):
         inner.rope_deltas = deltas
 
     def patch_model_extra(self, state, model, inner):
-        orig = inner.get_rope_index
-        adapter = self
-
-        @functools.wraps(orig)
-        def get_rope_index(input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
-                           second_per_grid_ts=None, attention_mask=None, **kwargs):
-            st = get_state(model)
-            if st is None or not st.active or video_grid_thw is None or mm_token_type_ids is None:
-                return orig(input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
-                            second_per_grid_ts=second_per_grid_ts, attention_mask=attention_mask, **kwargs)
-            return adapter._rope_index(st, inner, orig, input_ids, mm_token_type_ids, image_grid_thw,
-                                       video_grid_thw, second_per_grid_ts, attention_mask, kwargs)
-
-        patch_attr(state, inner, "get_rope_index", get_rope_index)
+        patch_attr(state, inner, "get_rope_index",
+                   PatchedMethod(_make_get_rope_index, model, inner, self, inner.get_rope_index))
 
     def _rope_index(self, state, inner, orig, input_ids, types, image_grid_thw, video_grid_thw, second_per_grid_ts,
                     attention_mask, kwargs):
@@ -254,6 +242,22 @@ class Qwen2_5_VLAdapter(AdapterBase):
             return processor.video_token * n
 
         patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))
+
+
+def _make_get_rope_index(model, inner, adapter, orig):
+    """``get_rope_index`` wrapper: pruned videos get the positions of their kept tokens."""
+
+    @functools.wraps(orig)
+    def get_rope_index(input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                       second_per_grid_ts=None, attention_mask=None, **kwargs):
+        st = get_state(model)
+        if st is None or not st.active or video_grid_thw is None or mm_token_type_ids is None:
+            return orig(input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+                        second_per_grid_ts=second_per_grid_ts, attention_mask=attention_mask, **kwargs)
+        return adapter._rope_index(st, inner, orig, input_ids, mm_token_type_ids, image_grid_thw,
+                                   video_grid_thw, second_per_grid_ts, attention_mask, kwargs)
+
+    return get_rope_index
 
 
 ADAPTER = Qwen2_5_VLAdapter()
