@@ -67,3 +67,31 @@ def test_resource_usage_parser():
     """)
     r = _run([], code)
     assert r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr
+
+
+def test_fused_dpc_kernel_reads_rho_coherently_after_its_barrier():
+    # The fused DPC kernel writes rho to global memory, synchronises the CTA (bar.sync), then reads
+    # every row's rho back. That is only correct if those reads are coherent loads: a non-coherent
+    # (ld.global.nc, read-only cache) load could return stale values on a GPU.
+    code = textwrap.dedent(
+        """
+        import re, torch, triton
+        from triton.backends.compiler import GPUTarget
+        from vista_kernels import aot
+        n = 0
+        for s in aot._specs(torch.bfloat16):
+            if s.fn.__name__ != "_dpc_scores_kernel" or aot.mode_label(s) != "fused":
+                continue
+            for arch in (80, 90):
+                k = triton.compile(s.source(), target=GPUTarget("cuda", arch, 32), options={"num_warps": s.num_warps})
+                ptx = k.asm["ptx"]
+                assert "bar.sync" in ptx, "no CTA barrier in the fused kernel"
+                assert not re.search(r"ld\\.global\\.nc", ptx), "non-coherent global load in the fused kernel"
+                n += 1
+        assert n >= 2, n
+        print("checked", n)
+        """
+    )
+    r = _run([], code=code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "checked" in r.stdout
