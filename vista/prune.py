@@ -10,6 +10,7 @@ import vista_kernels as vk
 from vista_kernels._guard import check_scores, check_tokens, trusted_inputs
 from vista_kernels.reference._common import stable_topk_mask
 from vista_kernels.reference.anchor_aggregate import anchor_aggregate_kept_torch
+from vista_kernels.reference.frame_cosine import cosine_of_means
 
 from .budget import check_question, plan_budgets, retained_count
 from .config import VistaConfig, check_config
@@ -130,7 +131,11 @@ def prune_videos(
     plans = []
     with trusted_inputs():
         for x, q, t0, T in zip(xs, qs, starts, Ts):
-            stats = None if fused is None else (means[t0 : t0 + T], cos[t0 : t0 + T - 1])
+            if fused is not None:
+                stats = (means[t0 : t0 + T], cos[t0 : t0 + T - 1])
+            else:  # frame means chunk by chunk (cache-resident on CPU), from the unpadded video
+                m = torch.cat([x[sl].float().mean(1) for sl in _chunks(x)])
+                stats = (m, cosine_of_means(m))
             plans.append(plan_budgets(x, q, config.retention, config, frame_stats=stats))
 
     all_kept = all(int(p.budgets.sum()) == T * n for p, T, n in zip(plans, Ts, Ns))
@@ -161,15 +166,23 @@ def prune_videos(
             )
             kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
         else:
-            # Reference path: upcast half-precision tokens once (every op computes in fp32 anyway),
-            # then blend and gather only the kept rows (no copy of the whole video).
-            Xf = X.float()
-            keep, foveal = select_tokens(
-                Xf, budgets, S, config.scout_ratio, config.knn_k, valid=valid, backend=backend,
-                has_scout=has_scout,
-            )
-            _, kept_ok, rows, assign = anchor_aggregate_kept_torch(Xf, keep, config.alpha, valid, _checked=True)
-            kept_rows = lambda sl, n: rows[sl][kept_ok[sl]].to(X.dtype)  # noqa: E731
+            # Reference path, over frame chunks: on CPU a chunk's fp32 copy stays cache-resident
+            # (every op is per frame, so chunking changes nothing but speed); blend and gather only
+            # the kept rows (no copy of the whole video).
+            parts = [[] for _ in range(5)]
+            for sl in _chunks(X):
+                Xf = X[sl].float()
+                v = None if valid is None else valid[sl]
+                k_c, f_c = select_tokens(
+                    Xf, budgets[sl], None if S is None else S[sl], config.scout_ratio, config.knn_k,
+                    valid=v, backend=backend, has_scout=has_scout[sl],
+                )
+                _, ok_c, rows_c, a_c = anchor_aggregate_kept_torch(Xf, k_c, config.alpha, v, _checked=True)
+                for lst, t in zip(parts, (k_c, f_c, a_c, rows_c[ok_c].to(X.dtype), k_c.sum(1))):
+                    lst.append(t)
+            keep, foveal, assign, tokens, counts = (torch.cat(p) for p in parts)
+            offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).tolist()
+            kept_rows = lambda sl, n: tokens[offsets[sl.start] : offsets[sl.stop]]  # noqa: E731
 
     results = []
     t0 = 0
@@ -178,6 +191,19 @@ def prune_videos(
         results.append(_assemble(kept_rows(sl, n), keep[sl, :n], foveal[sl, :n], assign[sl, :n], p))
         t0 += T
     return results
+
+
+#: Working-set target of one frame chunk of the torch path on CPU (fp32 tokens of the chunk).
+CPU_CHUNK_BYTES = 4 << 20
+
+
+def _chunks(x: torch.Tensor):
+    """Frame slices for the torch path: whole video on GPUs, cache-sized chunks on CPU."""
+    F = x.shape[0]
+    if x.device.type != "cpu":
+        return [slice(0, F)]
+    step = max(1, CPU_CHUNK_BYTES // max(1, x.shape[1] * x.shape[2] * 4))
+    return [slice(t, min(F, t + step)) for t in range(0, F, step)]
 
 
 def _assemble(tokens, keep, foveal, assign, plan) -> PrunedVideo:
