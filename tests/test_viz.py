@@ -123,3 +123,49 @@ def test_bad_inputs(tmp_path):
     p2 = _pruned(2, h=3, w=5)
     with pytest.raises(ValueError, match="square"):
         save_token_map(tmp_path / "x.png", frames, p2)
+
+
+def _label_boxes(fig, labels):
+    r = fig.canvas.get_renderer()
+    return [lab.get_window_extent(r) for lab in labels], r
+
+
+def _overlap(a, b):
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("F,T,h,w,fh,fw,crowded", [
+    (32, 16, 8, 12, 224, 336, True),  # Qwen2.5-VL: a token frame per pair of frames, non-square grid
+    (64, 32, 18, 32, 252, 448, True),  # Qwen, 16 of 32 shown: 2-digit frame pairs, 3-digit token counts
+    (31, 16, 6, 4, 128, 64, True),  # odd F (tile 0 covers one frame, the last a pair), tall frames
+    (32, 32, 14, 14, 96, 128, False),  # LLaVA: 14x14, 16 of 32 shown
+    (8, 8, 14, 14, 96, 128, False),
+])
+def test_tile_labels_never_overlap(tmp_path, F, T, h, w, fh, fw, crowded):
+    """Tile labels are sized to the tile: none overlaps another label or a tile, on any layout."""
+    from vista.viz import _LABEL_FS, _LABEL_MIN_FS, _draw_token_map
+
+    frames = synthetic_video(F, height=fh, width=fw).frames
+    p = _pruned(T, h=h, w=w)
+    fig, info, labels = _draw_token_map(tmp_path / "m.png", frames, p, (T, h, w))
+    assert len(labels) == len(info.shown) == min(T, 16)
+    assert (info.width, info.height) == token_map_size(len(info.shown), (fh, fw))
+    boxes, r = _label_boxes(fig, labels)
+    tiles = [lab.axes.get_window_extent(r) for lab in labels]
+    W, H = fig.bbox.width, fig.bbox.height
+    for i, (b, tile) in enumerate(zip(boxes, tiles)):
+        assert b.width > 0 and b.height > 0
+        assert _LABEL_MIN_FS <= labels[i].get_fontsize() <= _LABEL_FS
+        assert tile.x0 <= b.x0 and b.x1 <= tile.x1  # within its own tile's width
+        assert b.y1 <= tile.y0 and 0 <= b.y0 and b.y1 <= H and 0 <= b.x0 and b.x1 <= W
+        for j in range(len(boxes)):
+            assert j == i or not _overlap(b, boxes[j]), (labels[i].get_text(), labels[j].get_text())
+            assert not _overlap(b, tiles[j])  # nor runs into a tile of the next row
+    assert all(("\n" in lab.get_text()) == crowded for lab in labels)  # one line where it fits
+    if crowded:  # ... and here the one-line wording at full size would run into the neighbours
+        wide = max((lab.get_text() for lab in labels), key=len).replace("\n", "  ")
+        for lab in labels:
+            lab.set_text(wide)
+            lab.set_fontsize(_LABEL_FS)
+        boxes, _ = _label_boxes(fig, labels)
+        assert any(_overlap(a, b) for a, b in zip(boxes, boxes[1:]))

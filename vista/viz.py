@@ -4,7 +4,9 @@
 
 * top: a strip of sampled frames (up to ``max_frames``, ``cols`` a row). On each frame the token
   grid is overlaid: kept tokens are outlined -- foveal tokens chosen by the semantic scout in
-  amber, DPC-KNN anchor tokens in cyan -- and dropped tokens are dimmed.
+  amber, DPC-KNN anchor tokens in cyan -- and dropped tokens are dimmed. Each frame is labelled
+  (token frame, video frames it covers, segment, kept/foveal counts) on one line where that fits the
+  tile, else on two (Qwen2.5-VL pairs), at one font size for all tiles, so labels never overlap.
 * bottom: a bar chart of every frame's token budget, coloured by segment (darker part: foveal
   tokens, lighter part: anchors), with each segment's query relevance written above it and the
   uniform budget (B_total / T) as a dashed line.
@@ -32,6 +34,11 @@ _LABEL_H = 0.28
 _LEGEND_H = 0.35
 _CHART_H = 2.6
 _MIN_W = 6.5  # room for the legend and the chart title when few frames are shown
+# tile labels: the largest font that fits the tile's width and the label band (one line if it fits
+# at a readable size, else two lines, else two shorter lines), so neighbouring labels never overlap
+_LABEL_FS = 6.5  # points
+_LABEL_MIN_FS = 4.0
+_LABEL_GAP = 0.04  # inches: between a tile and its label, and kept clear on each side of a label
 
 
 @dataclass
@@ -144,10 +151,23 @@ def save_token_map(
     Returns:
         TokenMap with the path and pixel size.
     """
+    fig, info, _ = _draw_token_map(path, frames, pruned, grid, question=question, title=title, note=note,
+                                   max_frames=max_frames, cols=cols, dpi=dpi)
+    path = info.path
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
+    return info
+
+
+def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=None, note=None,
+                    max_frames=16, cols=8, dpi=100):
+    """Build (not save) the token-map figure: (Figure, TokenMap, the tile labels' Text objects)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import offset_copy
 
     frames = _check_frames(frames)
     for name in ("keep", "foveal", "budgets", "segment_id", "relevance"):
@@ -191,6 +211,7 @@ def save_token_map(
     fig.text(0.5, 1 - 0.28 / H_in, sub, ha="center", va="top", fontsize=8, linespacing=1.3)
 
     y_top = H_in - _TITLE_H
+    labels, label_variants = [], []
     for k, t in enumerate(shown):
         r, col = divmod(k, c)
         x0 = (W_in - c * _TILE_W) / 2 + col * _TILE_W  # the strip is centred
@@ -204,10 +225,12 @@ def save_token_map(
             s.set_color(_seg_color(int(seg[t])))
             s.set_linewidth(2.0)
         nf = int((foveal[t] & keep[t]).sum())
-        lo_f, hi_f = t * F // T, max(t * F // T, (t + 1) * F // T - 1)
-        where = f"t={t}" if F == T else (f"t={t} (frame {lo_f})" if hi_f == lo_f else f"t={t} (frames {lo_f}-{hi_f})")
-        ax.text(0.5, -0.03, f"{where}  seg {int(seg[t])}  kept {int(keep[t].sum())}/{N} ({nf} foveal)",
-                transform=ax.transAxes, ha="center", va="top", fontsize=6.5)
+        variants = _label_variants(t, F, T, int(seg[t]), int(keep[t].sum()), N, nf)
+        below = offset_copy(ax.transAxes, fig=fig, y=-_LABEL_GAP, units="inches")
+        labels.append(ax.text(0.5, 0.0, variants[0], transform=below, ha="center", va="top",
+                              fontsize=_LABEL_FS, linespacing=1.15))
+        label_variants.append(variants)
+    _fit_labels(fig, labels, label_variants, _TILE_W - 2 * _LABEL_GAP, _LABEL_H - 1.5 * _LABEL_GAP)
 
     # legend band
     y_leg = _CHART_H + _LEGEND_H / 2
@@ -249,11 +272,46 @@ def save_token_map(
     for t in (shown if len(shown) < T else ()):  # mark the frames drawn in the strip
         ax.plot([t], [0], marker="^", color="black", markersize=3, clip_on=False)
 
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png", facecolor="white")
-    return TokenMap(path=path, width=W_px, height=H_px, shown=shown)
+    return fig, TokenMap(path=os.fspath(path), width=W_px, height=H_px, shown=shown), labels
+
+
+def _label_variants(t: int, F: int, T: int, seg: int, kept: int, N: int, nf: int) -> Tuple[str, ...]:
+    """A tile's label, longest first: one line, two lines, two shorter lines."""
+    lo, hi = t * F // T, max(t * F // T, (t + 1) * F // T - 1)
+    where = f"t={t}" if F == T else (f"t={t} (frame {lo})" if hi == lo else f"t={t} (frames {lo}-{hi})")
+    short = f"t={t}" if F == T else (f"t={t} (fr {lo})" if hi == lo else f"t={t} (fr {lo}-{hi})")
+    stats = f"seg {seg}  kept {kept}/{N} ({nf} foveal)"
+    return (f"{where}  {stats}", f"{where}\n{stats}", f"{short}\n{stats}", f"{short}\ns{seg} {kept}/{N} ({nf} fov)")
+
+
+def _fit_labels(fig, labels, variants, max_w: float, max_h: float) -> None:
+    """Give every label the same wording and font size: the first variant (one line only at
+    ``_LABEL_FS``) whose largest label fits ``max_w`` x ``max_h`` inches at a size >= ``_LABEL_MIN_FS``."""
+    if not labels:
+        return
+    renderer = fig.canvas.get_renderer()
+    dpi = fig.dpi
+
+    def fits(fs):
+        for lab in labels:
+            lab.set_fontsize(fs)
+        boxes = [lab.get_window_extent(renderer) for lab in labels]
+        return max(b.width for b in boxes) <= max_w * dpi and max(b.height for b in boxes) <= max_h * dpi
+
+    n = len(variants[0])
+    for i in range(n):
+        for lab, v in zip(labels, variants):
+            lab.set_text(v[i])
+        lowest = _LABEL_FS if i == 0 else _LABEL_MIN_FS
+        fs = _LABEL_FS
+        while fs >= lowest - 1e-9:
+            if fits(fs):
+                return
+            fs = round(fs - 0.25, 2)
+    # nothing fits (absurdly long numbers): the shortest wording, shrunk until it does
+    fs = _LABEL_MIN_FS
+    while fs > 1.0 and not fits(fs):
+        fs = round(fs - 0.25, 2)
 
 
 def _np(x):
