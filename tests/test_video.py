@@ -277,3 +277,110 @@ def test_raw_stream_without_timestamps(tmp_path, clip):
     assert np.all(np.diff(v.timestamps) > 0)
     for k, i in enumerate(v.indices):
         assert _close(v.frames[k], clip.frames[i]), k
+
+
+# ------------------------------------------------------------------------------ time ranges
+
+
+@pytest.fixture(scope="module")
+def counter_mp4(tmp_path_factory):
+    """40 frames at 10 fps (4 s); frame i is a solid grey of level 6 * i, so a decoded frame names its index."""
+    frames = np.repeat((np.arange(40, dtype=np.uint8) * 6)[:, None, None, None], 32 * 32 * 3, axis=1)
+    frames = frames.reshape(40, 32, 32, 3)
+    return write_video(tmp_path_factory.mktemp("c") / "counter.mp4", frames, fps=10)
+
+
+def _frame_ids(video):
+    return [int(round(float(f.mean()) / 6)) for f in video.frames]
+
+
+def test_time_range_samples_inside_the_range(counter_mp4):
+    whole = load_video(counter_mp4, 8)
+    assert whole.clip is None and _frame_ids(whole)[0] == 0 and _frame_ids(whole)[-1] == 39
+    v = load_video(counter_mp4, 5, start=1.0, end=2.0)
+    ids = _frame_ids(v)
+    assert ids == v.indices.tolist() == [10, 12, 15, 17, 20]  # uniform in [1.0, 2.0] s, ends included (ties: earlier)
+    assert np.allclose(v.timestamps, [1.0, 1.2, 1.5, 1.7, 2.0])  # seconds from the video's start
+    assert v.clip == (1.0, 2.0) and v.total_frames == 11 and v.notes == []
+    # start only / end only
+    assert _frame_ids(load_video(counter_mp4, 3, start=3.0)) == [30, 35, 39]
+    assert _frame_ids(load_video(counter_mp4, 3, end=0.4)) == [0, 2, 4]
+    # fewer frames in the range than asked: all of them, with a note
+    few = load_video(counter_mp4, 64, start=0.5, end=0.8)
+    assert _frame_ids(few) == [5, 6, 7, 8] and "time range has only 4 frames" in few.notes[0]
+
+
+def test_time_range_past_the_end_is_clipped(counter_mp4):
+    v = load_video(counter_mp4, 4, start=3.5, end=10.0)
+    assert _frame_ids(v) == [35, 36, 38, 39]
+    assert v.clip == (3.5, 4.0)
+    assert any("extends past the end of the video (4 s)" in n and "clipped to [3.5, 4]" in n for n in v.notes)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"start": -1.0, "end": 2.0}, "start must be >= 0"),
+    ({"start": 2.0, "end": 2.0}, r"time range \[2, 2\] s is empty"),
+    ({"start": 3.0, "end": 1.0}, r"time range \[3, 1\] s is empty"),
+    ({"start": float("nan")}, "finite"),
+    ({"end": "2"}, "number of seconds"),
+    ({"start": True}, "number of seconds"),
+])
+def test_bad_time_range(counter_mp4, kw, match):
+    with pytest.raises(VideoError, match=match):
+        load_video(counter_mp4, 4, **kw)
+
+
+def test_time_range_without_frames(counter_mp4):
+    with pytest.raises(VideoError, match=r"counter\.mp4: time range \[5, 6\] s starts after the end"):
+        load_video(counter_mp4, 4, start=5.0, end=6.0)
+    with pytest.raises(VideoError, match=r"counter\.mp4: no frames in time range \[1.01, 1.05\] s"):
+        load_video(counter_mp4, 4, start=1.01, end=1.05)
+
+
+def test_time_range_on_images_and_arrays_is_refused(tmp_path, clip):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(clip.frames[i]).save(tmp_path / f"f{i}.png")
+    with pytest.raises(VideoError, match=r"time range \(\[1, 2\] s\) needs a video file; an image folder"):
+        load_video(tmp_path, 2, start=1, end=2)
+    with pytest.raises(VideoError, match="needs a video file, not an image"):
+        load_video(tmp_path / "f0.png", 2, start=1)
+    with pytest.raises(VideoError, match="needs a video path"):
+        as_video(clip.frames, 4, start=0.0, end=1.0)
+    assert as_video(clip.frames, 4).num_frames == 4
+
+
+def test_time_range_seeks_past_b_frames_and_raw_streams(tmp_path):
+    """A range late in an H.264 file with B-frames and short GOPs (the decoder seeks to a keyframe),
+    and a raw stream without timestamps (times from the stream's frame rate, with a note)."""
+    frames = np.repeat((np.arange(60, dtype=np.uint8) * 4)[:, None, None, None], 32 * 32 * 3, axis=1)
+    frames = frames.reshape(60, 32, 32, 3)
+    p = tmp_path / "bf.mp4"
+    with av.open(str(p), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.options = {"preset": "ultrafast", "bf": "3", "g": "12"}
+        s.codec_context.max_b_frames, s.codec_context.gop_size = 3, 12
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    v = load_video(p, 5, start=3.0, end=5.0)
+    assert v.indices.tolist() == [30, 35, 40, 45, 50]
+    assert all(abs(float(f.mean()) / 4 - i) <= 1 for f, i in zip(v.frames, v.indices))
+    raw = tmp_path / "raw.h264"
+    with av.open(str(raw), "w", format="h264") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        for f in frames[:20]:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    r = load_video(raw, 3, start=0.2, end=0.6)
+    rate = r.fps  # the demuxer's rate for a raw stream (FFmpeg assumes 25 fps)
+    expect = [int(round(t * rate)) for t in (0.2, 0.4, 0.6)]
+    assert r.indices.tolist() == expect and r.clip == (0.2, 0.6)
+    assert any("no usable timestamps" in n for n in r.notes)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -33,6 +33,16 @@ PHASES = ("load", "decode", "preprocess", "vision", "scout", "prune", "prefill",
 
 class PipelineError(ValueError):
     """A pipeline that cannot run: bad model/scout path, bad argument, unsupported model."""
+
+
+def _clip_kwargs(clip) -> Dict[str, Any]:
+    """``ask(clip=(start, end))`` as keyword arguments of ``load_video``."""
+    if clip is None:
+        return {}
+    if isinstance(clip, (str, bytes)) or not hasattr(clip, "__len__") or len(clip) != 2:
+        raise VideoError(f"clip must be a (start, end) pair of seconds, got {clip!r}")
+    start, end = clip
+    return {"start": start, "end": end}
 
 
 @dataclass
@@ -128,6 +138,7 @@ class AskResult:
             "answer": self.answer,
             "question": self.question,
             "video": self.video.source if self.video is not None else None,
+            "clip": None if self.video is None or self.video.clip is None else list(self.video.clip),
             "frames": self.frames,
             "frames_requested": self.frames_requested,
             "tokens_before": self.tokens_before,
@@ -378,9 +389,14 @@ class VistaPipeline:
         return out
 
     def ask(self, video, question: str, max_new_tokens: int = 128, *, num_frames: Optional[int] = None,
-            do_sample: bool = False, **generate_kwargs) -> AskResult:
+            do_sample: bool = False, clip: Optional[Tuple[Optional[float], Optional[float]]] = None,
+            **generate_kwargs) -> AskResult:
         """Answer ``question`` about ``video`` (a path, an image folder, a Video or a frame array).
 
+        ``clip=(start, end)``: sample the frames of that time range only (seconds from the video's
+        first frame; either end may be None), as ``vista.video.load_video(..., start=, end=)``
+        does -- a video file path only; an end past the video's duration is clipped (see
+        ``AskResult.notes``); a bad or empty range raises VideoError.
         Greedy decoding by default; other keyword arguments go to ``generate`` (``num_beams``,
         ``num_return_sequences``, ``stopping_criteria``, ...; the answer is the first returned
         sequence). Raises VideoError / PipelineError (ValueErrors) on bad input.
@@ -395,7 +411,7 @@ class VistaPipeline:
         if "load" in self.timings:
             timings["load"] = self.timings["load"]
         t_start = time.perf_counter()
-        v = as_video(video, n, progress=self.progress)
+        v = as_video(video, n, progress=self.progress, **_clip_kwargs(clip))
         # a Video decoded earlier (vista.video.load_video) carries its own decode time
         timings["decode"] = v.decode_seconds if isinstance(video, Video) else time.perf_counter() - t_start
         t_start -= v.decode_seconds if isinstance(video, Video) else 0.0

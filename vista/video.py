@@ -7,6 +7,12 @@ applied; a video with fewer frames than asked gives all of its frames and says s
 ``Video.notes``. Anything that cannot be read raises :class:`VideoError` (a ``ValueError``) with a
 one-line message that names the file and the problem.
 
+``load_video(path, num_frames, start=..., end=...)`` samples only the frames whose timestamps
+(seconds from the video's first frame) fall in ``[start, end]`` -- the clipped tasks of MVBench
+give such a range. A range that runs past the end of the video is clipped to it (and
+``Video.notes`` says so); a range that holds no frame raises VideoError. Image folders and single
+images have no timestamps, so a time range on them raises VideoError.
+
 Also here: ``synthetic_video`` (moving shapes with scene cuts, for the offline demo and tests) and
 ``write_video`` (encode frames to a file with PyAV).
 """
@@ -43,6 +49,11 @@ class Video:
     rotation: counter-clockwise display rotation applied, in degrees (0 when none).
     source: the path it came from ("<synthetic>" for generated videos).
     notes: human-readable remarks (e.g. "only 5 frames; using all of them").
+    decode_seconds: time spent decoding and sampling.
+    clip: the (start, end) time range in seconds that was sampled, after clipping to the video's
+        duration; None when the whole video was sampled. With a clip, ``timestamps`` are seconds
+        from the video's first frame (not from the clip's first sampled frame) and
+        ``total_frames`` counts the frames inside the range.
     """
 
     frames: np.ndarray
@@ -55,6 +66,7 @@ class Video:
     source: str = ""
     notes: List[str] = field(default_factory=list)
     decode_seconds: float = 0.0
+    clip: Optional[Tuple[float, float]] = None
 
     @property
     def num_frames(self) -> int:
@@ -208,11 +220,14 @@ def _packet_times(path: str) -> Tuple[List[int], Fraction, Optional[float], str]
         container.close()
 
 
-def _decode(path: str, wanted: dict, out_size, progress: bool, total: int):
+def _decode(path: str, wanted: dict, out_size, progress: bool, total: int, seek_pts: Optional[int] = None):
     """Decode the video stream once.
 
     ``wanted`` maps a frame key -- its pts, or ``("#", i)`` for the i-th decoded frame -- to an
     output slot. Returns ({slot: (rgb, rotation)}, [pts of every decoded frame, None if unknown]).
+    Decoding stops once every wanted frame is in hand. ``seek_pts`` (only with pts keys) first
+    seeks to the keyframe at or before that pts; the returned list of pts is then empty (it does
+    not describe the whole stream), and wanted frames before the landing point are simply missing.
     """
     import av
 
@@ -227,6 +242,11 @@ def _decode(path: str, wanted: dict, out_size, progress: bool, total: int):
     try:
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
+        if seek_pts is not None:
+            try:
+                container.seek(int(seek_pts), stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                container.seek(0, stream=stream)  # no index: decode from the start
         try:
             for i, frame in enumerate(container.decode(stream)):
                 seen.append(None if frame.pts is None else int(frame.pts))
@@ -239,6 +259,8 @@ def _decode(path: str, wanted: dict, out_size, progress: bool, total: int):
                     got[slot] = (rgb, int(frame.rotation or 0))
                 if bar is not None:
                     bar.update(1)
+                if wanted and len(got) == len(wanted):
+                    break  # everything asked for is decoded: skip the rest of the file
         except av.error.DecoderNotFoundError as e:
             raise VideoError(f"{path}: unsupported video codec ({_one_line(e)})") from None
         except av.error.FFmpegError as e:
@@ -249,44 +271,109 @@ def _decode(path: str, wanted: dict, out_size, progress: bool, total: int):
         if bar is not None:
             bar.close()
         container.close()
-    return got, seen
+    return got, ([] if seek_pts is not None else seen)
 
 
-def _load_video_file(path: str, num_frames: int, max_side: Optional[int], progress: bool) -> Video:
+def _clip_range(times: np.ndarray, fps: Optional[float], clip, path: str, notes: List[str]):
+    """Indices (into ``times``, non-decreasing) of the frames inside the time range ``clip``.
+
+    Times are seconds from the first frame. A range past the end of the video is clipped (with a
+    note); a range holding no frame raises VideoError. Returns (indices, (start, end) used).
+    """
+    start, end = clip
+    t = times - times[0]
+    frame_dur = (1.0 / fps) if fps else (float(np.median(np.diff(t))) if len(t) > 1 else 0.0)
+    duration = float(t[-1]) + max(frame_dur, 0.0)
+    shown = f"[{_fmt_s(start)}, {_fmt_s(end if end is not None else duration)}] s"
+    if start >= duration:
+        raise VideoError(f"{path}: time range {shown} starts after the end of the video "
+                         f"({_fmt_s(duration)} s); no frames to sample")
+    if end is None:
+        end = duration
+    elif end > duration:
+        notes.append(f"time range {shown} extends past the end of the video ({_fmt_s(duration)} s); "
+                     f"clipped to [{_fmt_s(start)}, {_fmt_s(duration)}] s")
+        end = duration
+    eps = 1e-6
+    inside = np.nonzero((t >= start - eps) & (t <= end + eps))[0]
+    if inside.size == 0:
+        raise VideoError(f"{path}: no frames in time range {shown} "
+                         f"(video of {_fmt_s(duration)} s, {len(t)} frames)")
+    return inside.astype(np.int64), (float(start), float(end))
+
+
+def _fmt_s(x: float) -> str:
+    return f"{float(x):.6g}"
+
+
+def _load_video_file(path: str, num_frames: int, max_side: Optional[int], progress: bool,
+                     clip: Optional[Tuple[float, Optional[float]]] = None) -> Video:
     pts, tb, fps, codec = _packet_times(path)
     notes: List[str] = []
     seen: List[Optional[int]] = []
+    used = None
     # First try: choose frames from the demuxed timestamps, decode once and keep those.
     if pts and len(set(pts)) == len(pts):
         times = np.asarray([float(p * tb) for p in pts])
-        sel = sample_by_time(times, num_frames)
+        if clip is None:
+            sel = sample_by_time(times, num_frames)
+            total = len(pts)
+        else:
+            inside, used = _clip_range(times, fps, clip, path, notes)
+            sel = inside[sample_by_time(times[inside], num_frames)]
+            total = len(inside)
         wanted = {pts[int(i)]: j for j, i in enumerate(sel)}
-        got, seen = _decode(path, wanted, max_side, progress, len(pts))
+        # with a range starting later in the video, seek to the keyframe before it
+        seek = pts[int(sel[0])] if clip is not None and sel[0] > 0 else None
+        got, seen = _decode(path, wanted, max_side, progress, len(pts), seek_pts=seek)
         if len(got) == len(sel):
             frames = [got[j] for j in range(len(sel))]
-            return _finish(path, frames, times[sel], sel, len(pts), num_frames, fps, notes)
+            origin = times[0] if clip is not None else None
+            return _finish(path, frames, times[sel], sel, total, num_frames, fps, notes, origin, used)
+        notes = []
     # Fallback (missing/duplicate timestamps, or frames the decoder dropped): choose among the
     # frames that actually decode, by their decoded order.
     if not seen:
         _, seen = _decode(path, {}, max_side, progress and not pts, len(pts))
     if not seen:
         raise VideoError(f"{path}: contains no decodable video frames (codec {codec})")
-    if all(p is not None for p in seen) and np.all(np.diff(np.asarray(seen, dtype=np.int64)) > 0):
+    monotone = all(p is not None for p in seen) and bool(np.all(np.diff(np.asarray(seen, dtype=np.int64)) > 0))
+    if monotone:
         times = np.asarray([float(p * tb) for p in seen])
+    elif fps:
+        times = np.arange(len(seen), dtype=np.float64) / fps
+    else:
+        times = None
+    if clip is not None:
+        if times is None:
+            raise VideoError(f"{path}: frames have no usable timestamps or frame rate; "
+                             f"cannot sample the time range [{_fmt_s(clip[0])}, "
+                             f"{_fmt_s(clip[1]) if clip[1] is not None else 'end'}] s")
+        if not monotone:
+            notes.append(f"frames have no usable timestamps; time range measured at the stream's "
+                         f"frame rate ({fps:.4g} fps)")
+        inside, used = _clip_range(times, fps, clip, path, notes)
+        sel = inside[sample_by_time(times[inside], num_frames)]
+        ts = times[sel]
+        total = len(inside)
+    elif monotone:
         sel = sample_by_time(times, num_frames)
         ts = times[sel]
+        total = len(seen)
     else:
         sel = uniform_indices(len(seen), num_frames)
         ts = sel / fps if fps else sel.astype(np.float64)
+        total = len(seen)
     wanted = {("#", int(i)): j for j, i in enumerate(sel)}
     got, _ = _decode(path, wanted, max_side, False, len(seen))
     if len(got) != len(sel):
         raise VideoError(f"{path}: frames changed between two decodes; the file may be corrupt")
     frames = [got[j] for j in range(len(sel))]
-    return _finish(path, frames, ts, sel, len(seen), num_frames, fps, notes)
+    origin = (times[0] if times is not None else 0.0) if clip is not None else None
+    return _finish(path, frames, ts, sel, total, num_frames, fps, notes, origin, used)
 
 
-def _finish(path, frames, ts, sel, total, requested, fps, notes) -> Video:
+def _finish(path, frames, ts, sel, total, requested, fps, notes, origin=None, clip=None) -> Video:
     k = int(round((frames[0][1] if frames else 0) / 90.0)) % 4
     rotation = (0, 90, 180, -90)[k]  # normalised: -180 and 180 are the same turn
     imgs = [_rotate(rgb, rot) for rgb, rot in frames]
@@ -295,11 +382,14 @@ def _finish(path, frames, ts, sel, total, requested, fps, notes) -> Video:
         imgs = [_resize(im, shape[1], shape[0]) for im in imgs]
         notes.append("frame size changes within the video; frames resized to the first one's")
     if total < requested:
-        notes.append(f"video has only {total} frame{'s' if total != 1 else ''}; using all of them "
+        what = "time range" if clip is not None else "video"
+        notes.append(f"{what} has only {total} frame{'s' if total != 1 else ''}; using all of them "
                      f"(asked for {requested})")
+    if origin is None:
+        origin = float(ts[0]) if len(ts) else 0.0
     return Video(
         frames=np.stack(imgs),
-        timestamps=np.asarray(ts, dtype=np.float64) - (float(ts[0]) if len(ts) else 0.0),
+        timestamps=np.asarray(ts, dtype=np.float64) - float(origin),
         indices=np.asarray(sel, dtype=np.int64),
         total_frames=int(total),
         requested=int(requested),
@@ -307,6 +397,7 @@ def _finish(path, frames, ts, sel, total, requested, fps, notes) -> Video:
         rotation=int(rotation),
         source=path,
         notes=notes,
+        clip=clip,
     )
 
 
@@ -376,8 +467,10 @@ def _load_images(paths: List[str], source: str, num_frames: int, max_side: Optio
 
 
 def load_video(path, num_frames: int = DEFAULT_NUM_FRAMES, *, max_side: Optional[int] = None,
-               progress: bool = False) -> Video:
+               progress: bool = False, start: Optional[float] = None, end: Optional[float] = None) -> Video:
     """Decode ``path`` and sample ``num_frames`` frames uniformly in time.
+
+    With ``start`` and/or ``end`` only the frames inside that time range are sampled.
 
     Args:
         path: a video file (anything FFmpeg reads), a single image, or a folder of images
@@ -386,17 +479,54 @@ def load_video(path, num_frames: int = DEFAULT_NUM_FRAMES, *, max_side: Optional
             ``Video.notes`` says so.
         max_side: if set, frames are scaled down so that their longer side is at most this.
         progress: show a tqdm progress bar while decoding.
+        start, end: optional time range in seconds from the video's first frame (``start``
+            defaults to 0, ``end`` to the end of the video); the ``num_frames`` frames are sampled
+            uniformly in time among the frames whose timestamps lie in ``[start, end]``, and
+            ``Video.clip`` records the range used. Needs ``start >= 0`` and ``end > start``. An
+            ``end`` past the video's duration is clipped to it, with a note in ``Video.notes``.
+            Video files only: image folders and single images have no timestamps, so a range on
+            them raises VideoError (rather than guessing a frame rate).
     Raises:
         VideoError: missing path, empty file, no video stream, corrupt data, unsupported codec,
-            empty folder, bad ``num_frames``.
+            empty folder, bad ``num_frames``, a bad time range (negative ``start``, ``end <=
+            start``, not a number), a range with no frames in it (e.g. starting after the end of
+            the video), or a range on an image folder / image.
     """
     t0 = time.perf_counter()
-    video = _load(path, check_num_frames(num_frames), max_side, progress)
+    clip = check_time_range(start, end)
+    video = _load(path, check_num_frames(num_frames), max_side, progress, clip)
     video.decode_seconds = time.perf_counter() - t0
     return video
 
 
-def _load(path, num_frames: int, max_side: Optional[int], progress: bool) -> Video:
+def check_time_range(start, end) -> Optional[Tuple[float, Optional[float]]]:
+    """``(start, end)`` in seconds, validated; None when both are None (the whole video).
+
+    ``end`` stays None for "to the end of the video".
+    """
+    if start is None and end is None:
+        return None
+    vals = []
+    for name, v in (("start", start), ("end", end)):
+        if v is None:
+            vals.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise VideoError(f"{name} must be a number of seconds, got {v!r}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise VideoError(f"{name} must be a finite number of seconds, got {v!r}")
+        vals.append(v)
+    s, e = vals
+    s = 0.0 if s is None else s
+    if s < 0:
+        raise VideoError(f"start must be >= 0 seconds, got {_fmt_s(s)}")
+    if e is not None and e <= s:
+        raise VideoError(f"time range [{_fmt_s(s)}, {_fmt_s(e)}] s is empty: end must be greater than start")
+    return s, e
+
+
+def _load(path, num_frames: int, max_side: Optional[int], progress: bool, clip=None) -> Video:
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 2):
         raise VideoError(f"max_side must be None or an int >= 2, got {max_side!r}")
     if not isinstance(path, (str, os.PathLike)):
@@ -408,22 +538,39 @@ def _load(path, num_frames: int, max_side: Optional[int], progress: bool) -> Vid
         paths = list_images(path)
         if not paths:
             raise VideoError(f"{path}: folder contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        if clip is not None:
+            raise VideoError(f"{path}: a time range ({_range_str(clip)}) needs a video file; an image "
+                             f"folder has no timestamps")
         return _load_images(paths, path, num_frames, max_side, progress)
     if not os.access(path, os.R_OK):
         raise VideoError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: file is empty (0 bytes)")
     if path.lower().endswith(IMAGE_EXTENSIONS):
+        if clip is not None:
+            raise VideoError(f"{path}: a time range ({_range_str(clip)}) needs a video file, not an image")
         return _load_images([path], path, num_frames, max_side, progress)
-    return _load_video_file(path, num_frames, max_side, progress)
+    return _load_video_file(path, num_frames, max_side, progress, clip)
+
+
+def _range_str(clip) -> str:
+    s, e = clip
+    return f"[{_fmt_s(s)}, {'end' if e is None else _fmt_s(e)}] s"
 
 
 def as_video(video, num_frames: int = DEFAULT_NUM_FRAMES, **kw) -> Video:
-    """A :class:`Video` from a path, a Video, or a (T, H, W, 3) uint8 array / list of frames."""
-    if isinstance(video, Video):
-        return video
+    """A :class:`Video` from a path, a Video, or a (T, H, W, 3) uint8 array / list of frames.
+
+    Keyword arguments go to :func:`load_video` for paths; a time range (``start``/``end``) is
+    refused for an already sampled Video or a frame array (they carry no source timestamps).
+    """
     if isinstance(video, (str, os.PathLike)):
         return load_video(video, num_frames, **kw)
+    if kw.get("start") is not None or kw.get("end") is not None:
+        raise VideoError("a time range (start/end) needs a video path; got an already decoded "
+                         f"{'Video' if isinstance(video, Video) else 'frame array'}")
+    if isinstance(video, Video):
+        return video
     arr = np.asarray(video) if not isinstance(video, np.ndarray) else video
     if arr.dtype == object or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
         raise VideoError(f"video must be a path, a Video, or a (T, H, W, 3) array; got shape {getattr(arr, 'shape', None)}")
@@ -519,6 +666,7 @@ __all__ = [
     "Video",
     "VideoError",
     "as_video",
+    "check_time_range",
     "list_images",
     "load_video",
     "sample_by_time",

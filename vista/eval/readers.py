@@ -20,7 +20,8 @@ Layouts (as published; field names checked against the benchmarks' own loaders):
   topic_category, level, ...}``; videos ``videos/<video_path>``.  The HF parquet
   (``validation-00000-of-00001.parquet``, options in ``option0..option4`` with "N/A" padding) works too.
 * **MVBench**: ``json/<task>.json``, each a list of ``{video, question, candidates, answer (text)}``
-  plus ``start``/``end`` for the clipped tasks; videos under ``video/<source folder>/`` (the
+  plus ``start``/``end`` (seconds) for the clipped tasks, kept in ``Sample.extra`` and passed to the
+  answer function as ``clip=(start, end)`` by the runner; videos under ``video/<source folder>/`` (the
   official per-task folders below; ``video/data0613/<folder>`` is also searched).
 * **generic JSONL**: one object per line ``{video, question, options, answer}`` with optional
   ``id, category, duration``; ``answer`` is a letter, a 0-based index or an option's text; relative

@@ -2,8 +2,11 @@
 
 The model call is injected: ``answer_fn(video_path, prompt) -> (text, stats)``.  A sweep asks a
 factory ``make_answer_fn(retention)`` for one such callable per retention, and only when that
-retention still has uncached samples (a finished run reloads nothing).  ``stats`` is a dict; the
-keys the table uses (all optional) are
+retention still has uncached samples (a finished run reloads nothing).  Samples that carry a time
+range (MVBench's clipped tasks: ``start``/``end`` seconds in ``Sample.extra``) are answered with
+``answer_fn(video_path, prompt, clip=(start, end))`` when the callable takes a ``clip`` keyword
+(or ``**kwargs``); an answer function without it still works, on the whole video, and the sweep
+warns once.  ``stats`` is a dict; the keys the table uses (all optional) are
 
 * ``flops_ratio`` - prefill FLOPs with pruning / without (or ``prefill_flops`` and
   ``prefill_flops_full``; or ``tokens_before`` / ``tokens_after`` visual tokens and ``text_tokens``,
@@ -31,7 +34,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from .prompt import build_prompt, extract_letter
 from .readers import Benchmark, Sample
 
-AnswerFn = Callable[[str, str], Tuple[str, dict]]
+AnswerFn = Callable[..., Tuple[str, dict]]  # (video_path, prompt[, clip=(start, end)]) -> (text, stats)
 AnswerFnFactory = Callable[[float], AnswerFn]
 
 CACHE_VERSION = 1
@@ -60,6 +63,39 @@ def retention_key(r: float) -> str:
 
 def sample_key(sample: Sample, retention: float) -> str:
     return f"{sample.benchmark}/{sample.qid}@{retention_key(retention)}"
+
+
+def sample_clip(sample: Sample) -> Optional[Tuple[Optional[float], Optional[float]]]:
+    """The sample's time range ``(start, end)`` in seconds (MVBench's clipped tasks), or None.
+
+    Values that are not numbers are passed on as they are, for the video loader to reject.
+    """
+    extra = sample.extra or {}
+    start, end = extra.get("start"), extra.get("end")
+    if start is None and end is None:
+        return None
+    return _as_seconds(start), _as_seconds(end)
+
+
+def _as_seconds(v):
+    if v is None or isinstance(v, bool):
+        return v
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def accepts_clip(fn) -> bool:
+    """Whether ``fn`` can be called with a ``clip=`` keyword."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins / C callables without a signature
+        return False
+    return any(p.name == "clip" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+               or p.kind == p.VAR_KEYWORD for p in params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,11 +253,11 @@ class SweepResult:
         return summarize(self)
 
 
-def _score(sample: Sample, retention: float, text, stats, prompt: str) -> dict:
+def _score(sample: Sample, retention: float, text, stats, prompt: str, clip=None) -> dict:
     if not isinstance(text, str):
         raise TypeError(f"answer_fn must return (text: str, stats: dict), got text of type {type(text).__name__}")
     pred = extract_letter(text, sample.options)
-    return {
+    rec = {
         "key": sample_key(sample, retention),
         "benchmark": sample.benchmark,
         "qid": sample.qid,
@@ -236,6 +272,9 @@ def _score(sample: Sample, retention: float, text, stats, prompt: str) -> dict:
         "prompt_chars": len(prompt),
         "stats": normalize_stats(stats),
     }
+    if clip is not None:  # the time range the answer function was given
+        rec["clip"] = list(clip)
+    return rec
 
 
 def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: AnswerFnFactory, cache,
@@ -275,14 +314,23 @@ def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: Answe
         answer_fn = make_answer_fn(r)
         if not callable(answer_fn):
             raise TypeError(f"make_answer_fn({r}) must return a callable answer_fn(video, prompt)")
+        takes_clip = accepts_clip(answer_fn)
+        n_clipped = sum(1 for s in pending if sample_clip(s) is not None)
+        if n_clipped and not takes_clip:
+            warnings.warn(f"{n_clipped} question(s) give a time range (start/end) but answer_fn takes no "
+                          f"clip= keyword; they are answered on the whole video")
         bar = _progress(len(samples), n_done, f"retention {retention_key(r)}", progress)
         try:
             for s in pending:
                 prompt = build_prompt(s.question, s.options, prompt_style)
                 t0 = time.perf_counter()
+                clip = sample_clip(s) if takes_clip else None
                 try:
-                    text, stats = answer_fn(s.video, prompt)
-                    rec = _score(s, r, text, stats, prompt)
+                    if clip is None:
+                        text, stats = answer_fn(s.video, prompt)
+                    else:
+                        text, stats = answer_fn(s.video, prompt, clip=clip)
+                    rec = _score(s, r, text, stats, prompt, clip)
                 except Exception as e:  # noqa: BLE001 - one bad video must not end a long sweep
                     if fail_fast:
                         raise
@@ -528,7 +576,11 @@ def pipeline_answer_factory(model_path, scout_path=None, device: str = "cpu", dt
 
     The model is loaded once, on first use, and re-configured for each retention.  Decoding is
     greedy (``ask``'s default), ``max_new_tokens`` short as in lmms-eval (16); ``num_frames``
-    defaults to the pipeline's (64, the paper's protocol).  Stats per call: visual tokens before /
+    defaults to the pipeline's (64, the paper's protocol).  A sample's time range (``clip``, from
+    MVBench's ``start``/``end``) goes to ``ask(..., clip=)``, so only that part of a video file is
+    sampled; for an image-folder video (MVBench's Episodic Reasoning frame folders, whose frame
+    rate the folder does not record) the range is not applied -- the whole folder is sampled and
+    the stats say ``clip_ignored``.  Stats per call: visual tokens before /
     after pruning, prompt text tokens, the LLM prefill FLOPs ratio, TTFT (video decode to first
     token) and peak memory (CUDA: max allocated during the call; CPU: the process's peak RSS).
     """
@@ -549,15 +601,23 @@ def pipeline_answer_factory(model_path, scout_path=None, device: str = "cpu", dt
         else:
             _set_config(pipe, cfg)
 
-        def answer_fn(video: str, prompt: str):
+        def answer_fn(video: str, prompt: str, clip=None):
             import torch
 
+            clip_ignored = clip is not None and os.path.isdir(video)
+            if clip_ignored:
+                clip = None
             cuda = str(device).startswith("cuda") and torch.cuda.is_available()
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
+            if clip is None:
+                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
+            else:
+                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens, clip=clip)
             stats = _stats_from_ask(res)
+            if clip_ignored:
+                stats["clip_ignored"] = True
             text_tokens = _text_tokens(pipe, prompt)
             if text_tokens is not None:
                 stats["text_tokens"] = text_tokens
