@@ -213,3 +213,13 @@ def test_ask_full_retention_save_map(capsys, llava, clip, tmp_path):
     assert rec["budgets"] == [196] * 4 and rec["segment_id"] == [0] * 4 and rec["retention"] == 1.0
     assert rec["map"] == {"path": str(png), "width": 850, "height": 558}
     assert "nothing pruned" in err and "Traceback" not in err
+
+
+def test_ask_time_range(capsys, llava, clip):
+    # The 6-frame clip at 6 fps lasts 1 s: [0.5, 1.0] s holds frames 3-5, so --frames 6 gets 3.
+    argv = ["ask", str(clip), QUESTION, "--model", str(llava), "--frames", "6", "--start", "0.5",
+            "--end", "1.0", "--max-new-tokens", "2", "--json", "--quiet"]
+    assert main(argv) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["frames"] == 3
+    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--start", "0.8", "--end", "0.2"], "end")

@@ -148,7 +148,7 @@ def cmd_ask(args) -> int:
         raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
     _check_map_path(args.save_map)
     progress = _show_progress(args)
-    video = load_video(args.video, args.frames, progress=progress)
+    video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
 
     _quiet_transformers()
     from .config import VistaConfig
@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
     a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
     a.add_argument("--save-map", metavar="PNG", help="write the token map picture here")
+    a.add_argument("--start", type=float, default=None, metavar="SEC",
+                   help="use only the video from this time on (seconds; video files only)")
+    a.add_argument("--end", type=float, default=None, metavar="SEC",
+                   help="use only the video up to this time (seconds; video files only)")
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="model dtype (default: the loader's)")
