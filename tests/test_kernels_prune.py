@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import vista
+import vista_kernels as vk
 from vista_kernels.ops import dpc_scores as ds
 from vista_kernels.utils import kernel_interpreted
 
@@ -38,3 +39,24 @@ def test_prune_video_triton_equals_torch(device, dtype, with_scout):
     tol = TOKEN_TOL[dtype]
     torch.testing.assert_close(a.tokens.float(), b.tokens.float(), rtol=tol, atol=tol)
     assert a.tokens.dtype == dtype and a.tokens.shape[0] == vista.retained_count(T, N, 0.15)
+
+
+@pytest.mark.gpu
+def test_triton_ops_run_on_the_tensors_device_not_the_current_one():
+    # Triton launches on the *current* CUDA device; the dispatcher and prune_video make x's device
+    # current first. Needs two GPUs: data on cuda:1 while cuda:0 is current.
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    import vista
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 17, 32, generator=g)
+    q = torch.randn(32, generator=g)
+    ref = vista.prune_video(x, q, config=vista.VistaConfig(retention=0.3, backend="torch"))
+    torch.cuda.set_device(0)
+    out = vista.prune_video(x.to("cuda:1"), q.to("cuda:1"), config=vista.VistaConfig(retention=0.3, backend="triton"))
+    assert out.tokens.device == torch.device("cuda:1")
+    assert torch.equal(out.keep.cpu(), ref.keep)
+    torch.testing.assert_close(out.tokens.cpu(), ref.tokens, rtol=1e-5, atol=1e-5)
+    rho = vk.knn_density(x.to("cuda:1"), backend="triton")
+    torch.testing.assert_close(rho.cpu(), vk.knn_density(x, backend="torch"), rtol=1e-5, atol=1e-6)

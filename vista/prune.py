@@ -11,6 +11,7 @@ from vista_kernels._guard import check_scores, check_tokens, trusted_inputs
 from vista_kernels.reference._common import stable_topk_mask
 from vista_kernels.reference.anchor_aggregate import anchor_aggregate_kept_torch
 from vista_kernels.reference.frame_cosine import cosine_of_means
+from vista_kernels.utils import on_device_of
 
 from .budget import check_question, plan_budgets, retained_count
 from .config import VistaConfig, check_config
@@ -126,8 +127,9 @@ def prune_videos(
         # One geometry pass gives the Gram matrices, frame means and cosines of every frame.
         from vista_kernels.ops import FusedPruner
 
-        fused = FusedPruner(X, valid)
-        means, cos = fused.frame_means(), fused.frame_cosine()
+        with on_device_of(X):
+            fused = FusedPruner(X, valid)
+            means, cos = fused.frame_means(), fused.frame_cosine()
     plans = []
     with trusted_inputs():
         for x, q, t0, T in zip(xs, qs, starts, Ts):
@@ -161,9 +163,10 @@ def prune_videos(
             valid_all = valid if valid is not None else torch.ones(X.shape[:2], dtype=torch.bool, device=device)
             k_f = torch.where(has_scout, foveal_counts(budgets, config.scout_ratio, True), torch.zeros_like(budgets))
             foveal = stable_topk_mask(S, k_f, valid_all) if S is not None else torch.zeros_like(valid_all)
-            keep, x_out, assign = fused.select_and_aggregate(
-                budgets - k_f, valid_all & ~foveal, extra_keep=foveal, alpha=config.alpha, k=config.knn_k
-            )
+            with on_device_of(X):
+                keep, x_out, assign = fused.select_and_aggregate(
+                    budgets - k_f, valid_all & ~foveal, extra_keep=foveal, alpha=config.alpha, k=config.knn_k
+                )
             kept_rows = lambda sl, n: x_out[sl, :n][keep[sl, :n]]  # noqa: E731
         else:
             # Reference path, over frame chunks: on CPU a chunk's fp32 copy stays cache-resident

@@ -82,9 +82,19 @@ def _dispatch(op: str, backend: str, tensor):
     if b == "triton":
         impl = _triton_impls().get(op)
         if impl is not None:
-            return impl
-        b = "torch"  # ops without a dedicated kernel fall back to the reference
-    return _TORCH[op]
+            return _on_tensor_device(impl, tensor)
+    return _TORCH[op]  # ops without a dedicated kernel fall back to the reference
+
+
+def _on_tensor_device(impl: Callable, tensor) -> Callable:
+    """Run ``impl`` with ``tensor``'s CUDA device current, so kernels launch where the data is."""
+    from .utils import on_device_of
+
+    def run(*args, **kwargs):
+        with on_device_of(tensor):
+            return impl(*args, **kwargs)
+
+    return run
 
 
 def frame_cosine(x, valid=None, backend: str = "auto"):

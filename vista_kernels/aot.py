@@ -35,7 +35,7 @@ from .ops import frame_geometry as _geo  # noqa: E402
 from .ops import scout_score_reduce as _scout  # noqa: E402
 from .utils import tl_dtype_name  # noqa: E402
 
-SHAPES_N = (196, 1024)
+SHAPES_N = (17, 196, 1024, 4096)
 SHAPES_D = (1152, 3584)
 SCOUT_SHAPE = (64, 12, 32, 257)  # (frames, heads, queries, patches): BLIP-2 Q-Former on 224px frames
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -2,9 +2,18 @@
 device checks and block-size helpers."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
+
+
+def on_device_of(t: torch.Tensor):
+    """Context that makes ``t``'s CUDA device current (Triton launches on the current device and
+    its current stream, not on the tensors' device); a no-op for CPU tensors."""
+    if isinstance(t, torch.Tensor) and t.is_cuda:
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def interpreter_active() -> bool:

@@ -157,9 +157,9 @@ def dpc_config(N: int, k: int) -> dict:
     K = min(k, max(N - 1, 0))
     block_n = max(16, min(64, next_pow2(N)))
     block_m = max(16, min(32, next_pow2(N)))
-    # AOT-checked: 8 warps for the small-N (fused) launches; for N > 256, 8 warps spills 8 bytes on
-    # sm_90 in the rho phase, 4 warps does not
-    warps = 8 if N <= FUSED_MAX_N else 4
+    # AOT-checked: 8 warps for the 32 < N <= 256 (fused) launches; 8 warps spilled 8-16 bytes on
+    # sm_90 for N <= 32 (fused and rho row-grid) and for N > 256 (rho phase); 4 warps does not
+    warps = 8 if 32 < N <= FUSED_MAX_N else 4
     return {"K": K, "KP": max(2, next_pow2(K)), "BLOCK_M": block_m, "BLOCK_N": block_n,
             "num_warps": warps, "fused": N <= FUSED_MAX_N}
 
