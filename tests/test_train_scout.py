@@ -1,5 +1,6 @@
 """Scout fine-tuning recipe (vista.scout.train) on a tiny random BLIP-2 and synthetic VG data."""
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -456,6 +457,119 @@ def test_resume_reproduces_the_next_step_exactly(env, tmp_path):
     scout_mod = pytest.importorskip("vista.scout")
     if hasattr(scout_mod, "SemanticScout"):
         scout_mod.SemanticScout.from_pretrained(out_a)
+
+
+@pytest.fixture(scope="module")
+def run_a(env, tmp_path_factory):
+    """3 steps (constant lr, batch 4 of 16 pairs: checkpoint-2 is mid-epoch), a checkpoint each step."""
+    out = str(tmp_path_factory.mktemp("resume_a"))
+    cfg = _cfg(max_steps=3, save_every=1, save_total_limit=0)
+    hist = T.train_scout(env["model"], env["regions"], env["images"], out, cfg, device="cpu")
+    return {"out": out, "cfg": cfg, "rec": _train_records(hist), "ckpt": os.path.join(out, "checkpoint-2")}
+
+
+def _trainer(env, tmp_path, cfg, train=None):
+    model, proc = _load(env["model"])
+    if train is None:
+        samples = T.load_region_descriptions(env["regions"], env["images"], min_words=cfg.min_words)
+        train = T.split_by_image(samples, cfg.val_fraction, seed=cfg.seed)[0]
+    return T.ScoutTrainer(model, proc, train, [], cfg, str(tmp_path / "b"), device="cpu")
+
+
+@pytest.mark.parametrize("change, expect", [
+    (dict(batch_size=3), "batch_size: 4 -> 3"),  # the data position is counted in old-size batches
+    (dict(seed=1), "seed: 0 -> 1"),  # the shuffle order
+    (dict(lr=2e-3), "lr: 0.001 -> 0.002"),  # would be silently overwritten by the optimizer state
+    (dict(grad_accum=2), "grad_accum: 1 -> 2"),
+    (dict(weight_decay=0.1), "weight_decay: 0.05 -> 0.1"),  # also lives in the optimizer state
+    (dict(warmup_steps=2), "warmup_steps: 0 -> 2"),
+    (dict(lr_schedule="cosine"), "lr_schedule: 'constant' -> 'cosine'"),
+    (dict(alpha=1.0), "alpha: 2.0 -> 1.0"),
+    (dict(min_words=2), "min_words: 3 -> 2"),
+])
+def test_resume_refuses_a_changed_setting(env, run_a, tmp_path, change, expect):
+    cfg = dataclasses.replace(run_a["cfg"], **change)
+    trainer = _trainer(env, tmp_path, cfg)
+    before = {k: v.clone() for k, v in trainer.projector.state_dict().items()}
+    with pytest.raises(ValueError, match="new --output") as ei:
+        trainer.load_checkpoint(run_a["ckpt"])
+    assert expect in str(ei.value)
+    assert trainer.step == 0  # nothing was restored
+    assert all(torch.equal(before[k], v) for k, v in trainer.projector.state_dict().items())
+
+
+def test_resume_names_every_changed_setting_through_train_scout(env, run_a, tmp_path):
+    cfg = dataclasses.replace(run_a["cfg"], batch_size=6, seed=1, lr=5e-4, max_steps=5)
+    with pytest.raises(ValueError) as ei:
+        T.train_scout(env["model"], env["regions"], env["images"], str(tmp_path / "b"), cfg, device="cpu",
+                      resume_from=run_a["ckpt"])
+    msg = str(ei.value)
+    assert "batch_size: 4 -> 6" in msg and "seed: 0 -> 1" in msg and "lr: 0.001 -> 0.0005" in msg
+    assert "max_steps" not in msg  # a longer run is fine with a constant schedule
+    assert not os.path.exists(os.path.join(str(tmp_path / "b"), "log.jsonl"))
+
+
+def test_resume_with_more_steps_and_other_logging_is_exact(env, run_a, tmp_path):
+    cfg = dataclasses.replace(run_a["cfg"], max_steps=5, eval_every=1, save_every=2, save_total_limit=1,
+                              max_eval_batches=3, num_workers=0, bf16=False)
+    out_b = str(tmp_path / "b")
+    rec_b = _train_records(T.train_scout(env["model"], env["regions"], env["images"], out_b, cfg, device="cpu",
+                                         resume_from=run_a["ckpt"]))
+    assert sorted(rec_b) == [3, 4, 5]
+    for k in ("itm", "itc", "align", "total", "lr"):
+        assert rec_b[3][k] == run_a["rec"][3][k], k  # bit-exact on CPU
+    # and the new run's checkpoints resume in turn
+    T.train_scout(env["model"], env["regions"], env["images"], out_b, dataclasses.replace(cfg, max_steps=6),
+                  device="cpu", resume_from="auto")
+
+
+def test_cosine_schedule_length_cannot_change_on_resume(env, tmp_path):
+    cfg = _cfg(max_steps=2, save_every=1, lr_schedule="cosine")
+    out = str(tmp_path / "a")
+    T.train_scout(env["model"], env["regions"], env["images"], out, cfg, device="cpu")
+    ckpt = os.path.join(out, "checkpoint-1")
+    with pytest.raises(ValueError, match=r"max_steps \(length of the cosine lr schedule.*2 -> 5"):
+        _trainer(env, tmp_path, dataclasses.replace(cfg, max_steps=5)).load_checkpoint(ckpt)
+    # max_steps=None with epochs=1 is 16 // 4 = 4 steps: also a different schedule length
+    with pytest.raises(ValueError, match="2 -> 4"):
+        _trainer(env, tmp_path, dataclasses.replace(cfg, max_steps=None)).load_checkpoint(ckpt)
+    # the same length spelled through epochs is accepted (4 batches an epoch, 2 epochs = 8 steps)
+    cfg8 = dataclasses.replace(cfg, max_steps=8, save_every=4)
+    out8 = str(tmp_path / "eight")
+    T.train_scout(env["model"], env["regions"], env["images"], out8, cfg8, device="cpu")
+    t = _trainer(env, tmp_path, dataclasses.replace(cfg8, max_steps=None, epochs=2))
+    t.load_checkpoint(os.path.join(out8, "checkpoint-4"))
+    assert (t.step, t.max_steps) == (4, 8)
+
+
+def test_resume_refuses_other_training_pairs_of_the_same_count(env, run_a, tmp_path):
+    samples = T.load_region_descriptions(env["regions"], env["images"])
+    trainer = _trainer(env, tmp_path, run_a["cfg"], train=samples[::-1])
+    with pytest.raises(ValueError, match="different training pairs"):
+        trainer.load_checkpoint(run_a["ckpt"])
+    # moving the image folder is fine: paths are not part of the fingerprint
+    moved = [dataclasses.replace(s, image_path="/elsewhere/" + os.path.basename(s.image_path)) for s in samples]
+    trainer = _trainer(env, tmp_path, run_a["cfg"], train=moved)
+    trainer.load_checkpoint(run_a["ckpt"])
+    assert trainer.step == 2
+
+
+def test_resume_from_a_checkpoint_without_the_new_keys(env, run_a, tmp_path):
+    """Checkpoints written before the fingerprint / effective max_steps existed still resume, and
+    their saved config is still checked."""
+    import shutil
+
+    old = str(tmp_path / "old-checkpoint-2")
+    shutil.copytree(run_a["ckpt"], old)
+    path = os.path.join(old, "trainer_state.pt")
+    state = torch.load(path, weights_only=False)
+    del state["train_fingerprint"], state["max_steps"]
+    torch.save(state, path)
+    trainer = _trainer(env, tmp_path, dataclasses.replace(run_a["cfg"], max_steps=9))
+    trainer.load_checkpoint(old)
+    assert (trainer.step, trainer.batch_in_epoch) == (2, 2)
+    with pytest.raises(ValueError, match="seed: 0 -> 3"):
+        _trainer(env, tmp_path, dataclasses.replace(run_a["cfg"], seed=3)).load_checkpoint(old)
 
 
 def test_cli_parser_and_command(env, tmp_path, capsys):

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -183,6 +184,19 @@ class ScoutTrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Fields that may differ between a checkpoint's run and the run resuming from it: they only decide
+# how long to train, what to log/evaluate/save and how to execute, never the data order or the
+# optimisation. Every other field (batch_size, grad_accum, seed, lr, weight_decay, warmup_steps,
+# lr_schedule, max_grad_norm, the loss terms, the projector, min_words, max_text_len, val_fraction,
+# and any field added later) must match, or ``ScoutTrainer.load_checkpoint`` refuses to resume.
+# ``max_steps``/``epochs`` are the exception to the exception under ``lr_schedule="cosine"``: there
+# they set the length of the cosine decay, so the resulting step count must match.
+RESUME_SAFE_FIELDS = frozenset({
+    "max_steps", "epochs", "eval_every", "save_every", "save_total_limit", "max_eval_batches",
+    "bf16", "num_workers", "progress",
+})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -910,6 +924,8 @@ class ScoutTrainer:
             "best_step": self.best_step,
             "config": self.config.to_dict(),
             "num_train_samples": len(self.train_samples),
+            "train_fingerprint": _samples_fingerprint(self.train_samples),
+            "max_steps": self.max_steps,
         }
         torch.save(state, os.path.join(directory, TRAINER_STATE_NAME))
         self._rotate_checkpoints()
@@ -933,11 +949,7 @@ class ScoutTrainer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"resume_from {directory!r} holds no {TRAINER_STATE_NAME}")
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["num_train_samples"] != len(self.train_samples):
-            raise ValueError(
-                f"resume_from {directory!r} was trained on {state['num_train_samples']} pairs, "
-                f"this run has {len(self.train_samples)}: the data or its filtering changed"
-            )
+        self._check_resume_compatible(state, directory)
         proj = load_projector(directory, device=self.device)
         self.projector.load_state_dict(proj.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
@@ -949,6 +961,49 @@ class ScoutTrainer:
         random.setstate(state["python_rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_val, self.best_step = state["best_val"], state["best_step"]
+
+    def _check_resume_compatible(self, state: dict, directory) -> None:
+        """Raise ``ValueError`` when this run's config or training data differ from the checkpoint's
+        in anything that decides the data order or the optimisation (see ``RESUME_SAFE_FIELDS``).
+        The data position is stored in micro-batches of the old ``batch_size`` and the shuffle order
+        comes from the old ``seed``; the optimizer state carries the old ``lr``/``weight_decay``."""
+        saved = state.get("config") or {}
+        new = self.config.to_dict()
+        diffs = []
+        for name, new_v in new.items():
+            if name in RESUME_SAFE_FIELDS or name not in saved:  # not in saved: an older checkpoint
+                continue
+            old_v = saved[name]
+            if old_v != new_v:
+                diffs.append(f"{name}: {old_v!r} -> {new_v!r}")
+        if self.config.lr_schedule == "cosine" and saved.get("lr_schedule", "cosine") == "cosine":
+            old_total = state.get("max_steps")
+            if old_total is None and saved.get("max_steps", None) is not None:
+                old_total = saved["max_steps"]
+            elif old_total is None and "epochs" in saved and "batch_size" in saved and "grad_accum" in saved:
+                bpe = state["num_train_samples"] // saved["batch_size"]
+                old_total = max(1, (saved["epochs"] * bpe) // saved["grad_accum"])
+            if old_total is not None and old_total != self.max_steps:
+                diffs.append(f"max_steps (length of the cosine lr schedule; from max_steps/epochs): "
+                             f"{old_total!r} -> {self.max_steps!r}")
+        if diffs:
+            raise ValueError(
+                f"resume_from {directory!r} was trained with different settings, which would change the "
+                f"data order or the optimisation of the resumed run: {'; '.join(diffs)}. "
+                f"Resume with the checkpoint's settings, or start a new run in a new --output "
+                f"(without --resume)."
+            )
+        if state["num_train_samples"] != len(self.train_samples):
+            raise ValueError(
+                f"resume_from {directory!r} was trained on {state['num_train_samples']} pairs, "
+                f"this run has {len(self.train_samples)}: the data or its filtering changed"
+            )
+        fp = state.get("train_fingerprint")
+        if fp is not None and fp != _samples_fingerprint(self.train_samples):
+            raise ValueError(
+                f"resume_from {directory!r} was trained on different training pairs (same count, other "
+                f"images/phrases or order): the region data, --max-images or the split changed"
+            )
 
     def _log(self, record: dict) -> None:
         self.history.append(record)
@@ -1015,6 +1070,16 @@ class ScoutTrainer:
             self.save_model(self.output_dir)
 
 
+def _samples_fingerprint(samples: Sequence[RegionSample]) -> str:
+    """SHA-256 over the (image id, region id, phrase, bbox) of ``samples`` in order; image paths
+    are left out, so moving the image folder keeps a checkpoint resumable."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(json.dumps([s.image_id, s.region_id, s.phrase, [float(v) for v in s.bbox]]).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def _latest_checkpoint(output_dir: str) -> Optional[str]:
     if not os.path.isdir(output_dir):
         return None
@@ -1043,7 +1108,9 @@ def train_scout(
         output_dir: results (layout in the module docstring).
         config: hyper-parameters; paper defaults when None.
         resume_from: a ``checkpoint-N`` folder, or ``"auto"`` for the newest one in ``output_dir``
-            (a fresh start when there is none).
+            (a fresh start when there is none). The config must match the checkpoint's except for
+            ``RESUME_SAFE_FIELDS`` (max_steps, epochs, eval/save settings, ...); a ``ValueError``
+            names every other changed field.
         device: "cuda" when available, else "cpu", by default.
         max_images: read only the first this-many images of ``regions_json``.
     Returns:
