@@ -125,3 +125,49 @@ def test_extract_letter_bad_input():
         extract_letter(3, OPTS)
     with pytest.raises(ValueError, match="options"):
         extract_letter("A", 0)
+
+
+# A capital "A" followed by a lowercase word names option A unless it is a sentence-initial article.
+LETTER_A = [
+    ("The answer is A because the car is red.", "A"),
+    ("A is the correct answer.", "A"),
+    ("Option A is correct", "A"),
+    ("The correct option is A since it shows a car", "A"),
+    ("A since the car is red", "A"),
+    ("A, because the car is red", "A"),
+    ("The answer is B because of a dog in frame", "B"),
+    ("I choose A", "A"),
+    ("My answer: A", "A"),
+    ("Answer: A. a red car", "A"),
+    # still the article
+    ("A man is driving. The answer is B", "B"),
+    ("A person is driving.", None),
+    ("The answer is a man", "D"),
+]
+
+
+@pytest.mark.parametrize("text, expected", LETTER_A)
+def test_extract_letter_capital_a_before_a_word(text, expected):
+    assert extract_letter(text, OPTS) == expected
+
+
+# A directly negated letter is skipped; the affirmed one wins; a tie between letters gives None.
+NEGATED = [
+    ("The answer is not A, it is C", "C"),
+    ("The answer isn't A, it's C", "C"),
+    ("It is not A but C", "C"),
+    ("Never A. C.", "C"),
+    ("Not (A). (C)", "C"),
+    ("The answer is C, not A", "C"),
+    ("I choose B, not A", "B"),
+    ("Option A is wrong; B is right", "B"),
+    ("A is wrong, C is correct", "C"),
+    ("Not A", None),
+    ("Either A or B", None),
+    ("B and C", None),
+]
+
+
+@pytest.mark.parametrize("text, expected", NEGATED)
+def test_extract_letter_negated_and_ambiguous(text, expected):
+    assert extract_letter(text, OPTS) == expected

@@ -310,3 +310,117 @@ def test_cli_no_video_found(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(SystemExit, match="no question has its video"):
             cmd_eval(args, answer_factory=lambda r: None)
+
+
+def test_same_benchmark_twice_in_one_sweep_is_refused(tmp_path):
+    b1 = load_benchmark("jsonl", write_jsonl(tmp_path / "one", n=2))
+    b2 = load_benchmark("jsonl", write_jsonl(tmp_path / "two", n=2))
+    cache = tmp_path / "c.jsonl"
+    with pytest.raises(ValueError, match="benchmarks: 'jsonl' given more than once"):
+        run_sweep([b1, b2], [1.0], FakeModel(b1), cache, progress=False)
+    assert not cache.exists()  # refused before anything is written
+    args = _parse(["eval", "--model", str(tmp_path), "--bench", "jsonl", "jsonl", "--data",
+                   str(tmp_path / "one" / "set.jsonl"), str(tmp_path / "two" / "set.jsonl"),
+                   "--out", str(tmp_path / "o"), "--no-progress"])
+    with pytest.raises(SystemExit, match="--bench jsonl given more than once"):
+        cmd_eval(args, answer_factory=lambda r: None)
+
+
+def test_cached_record_for_another_annotation_is_recomputed(tmp_path, bench6):
+    cache = tmp_path / "c.jsonl"
+    run_sweep([bench6], [1.0], FakeModel(bench6), cache, progress=False)
+    # same benchmark name and qids, edited annotation: other questions and answers
+    src = tmp_path / "set" / "set.jsonl"
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if i < 4:
+            row["question"] = f"Which colour is shown in clip {i}?"
+            row["answer"] = "ABCD"[(i + 1) % 4]
+    edited = tmp_path / "set" / "edited.jsonl"
+    edited.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    b2 = load_benchmark("jsonl", edited)
+    assert [s.qid for s in b2.samples] == [s.qid for s in bench6.samples]
+    model = FakeModel(b2)
+    with pytest.warns(UserWarning, match="cache: 4 cached record.* different question"):
+        res = run_sweep([b2], [1.0], model, cache, progress=False)
+    assert res.computed == 4 and sorted(v for v, _ in model.calls) == sorted(s.video for s in b2.samples[:4])
+    assert res.summary()["results"]["1"]["benchmarks"]["jsonl"]["accuracy"] == 100.0
+    # the recomputed records replace the old ones: a further run reuses everything, silently
+    again = FakeModel(b2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run_sweep([b2], [1.0], again, cache, progress=False).computed == 0
+    assert again.calls == []
+    # a changed video path also invalidates the record
+    moved = load_benchmark("jsonl", edited)
+    moved.samples[5].video = moved.samples[5].video.replace("v5.mp4", "v0.mp4")
+    with pytest.warns(UserWarning, match="cache: 1 cached record"):
+        assert run_sweep([moved], [1.0], lambda r: (lambda v, p: ("A", {})), cache, progress=False).computed == 1
+
+
+def test_cache_without_fingerprints_is_stale_and_said_once(tmp_path, bench6):
+    cache = tmp_path / "c.jsonl"
+    run_sweep([bench6], [1.0, 0.5], FakeModel(bench6), cache, progress=False)
+    lines = cache.read_text().splitlines()
+    recs = [json.loads(line) for line in lines[1:]]
+    assert all(len(r["fingerprint"]) == 16 for r in recs)
+    for r in recs:
+        del r["fingerprint"]  # a cache written before fingerprints existed
+    cache.write_text("\n".join([lines[0]] + [json.dumps(r) for r in recs]) + "\n")
+    model = FakeModel(bench6)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_sweep([bench6], [1.0, 0.5], model, cache, progress=False)
+    stale = [w for w in caught if "no question fingerprint" in str(w.message)]
+    assert len(stale) == 1 and "12 cached record(s)" in str(stale[0].message)
+    assert res.computed == 12 and len(model.calls) == 12
+    assert run_sweep([bench6], [1.0, 0.5], FakeModel(bench6), cache, progress=False).computed == 0
+
+
+def test_relative_accuracy_uses_questions_answered_at_both(tmp_path, bench6):
+    bad = bench6.samples[1].video  # v1 fails at retention 1.0 only
+    model = FakeModel(bench6, right_at_low={"v0.mp4", "v1.mp4", "v4.mp4"})
+
+    def factory(r):
+        fn = model(r)
+
+        def answer_fn(video, prompt):
+            if r == 1.0 and video == bad:
+                raise RuntimeError("out of memory")
+            return fn(video, prompt)
+
+        return answer_fn
+
+    with pytest.warns(UserWarning, match="out of memory"):
+        s = run_sweep([bench6], [1.0, 0.5], factory, tmp_path / "c.jsonl", progress=False).summary()
+    full, half = s["results"]["1"], s["results"]["0.5"]
+    assert full["benchmarks"]["jsonl"]["n"] == 5 and full["errors"] == 1
+    assert half["benchmarks"]["jsonl"]["n"] == 6 and half["benchmarks"]["jsonl"]["accuracy"] == 50.0
+    # on the 5 questions answered at both: 5/5 at 1.0, 2/5 (v0, v4) at 0.5 -> 40%, not 50/100
+    assert half["relative"]["jsonl"] == pytest.approx(40.0)
+    assert half["relative"]["average"] == pytest.approx(40.0)
+    assert half["relative_n"] == {"jsonl": 5, "average": 5}
+    assert full["relative"]["jsonl"] == pytest.approx(100.0) and full["relative_n"]["jsonl"] == 5
+    assert "on the questions answered at both retentions" in render_markdown(s)
+
+
+def test_relative_accuracy_never_exceeds_pairing(tmp_path):
+    # the reviewer's case: the only question the full run misses is one the pruned run gets right
+    b = load_benchmark("jsonl", write_jsonl(tmp_path / "set", n=4))
+
+    def factory(r):
+        def answer_fn(video, prompt):
+            if r == 1.0 and video.endswith("v1.mp4"):
+                raise RuntimeError("CUDA OOM")
+            return {"v0.mp4": "A", "v1.mp4": "B"}.get(video.rsplit("/", 1)[-1], "D"), {}
+
+        return answer_fn
+
+    with pytest.warns(UserWarning, match="CUDA OOM"):
+        s = run_sweep([b], [1.0, 0.5], factory, tmp_path / "c.jsonl", progress=False).summary()
+    # answers A B C D: v0 right at both, v1 right at 0.5 only (errored at 1.0), v2 wrong, v3 right
+    assert s["results"]["1"]["benchmarks"]["jsonl"]["accuracy"] == pytest.approx(200 / 3)
+    assert s["results"]["0.5"]["benchmarks"]["jsonl"]["accuracy"] == 75.0
+    # before: 75 / 66.7 = 112.5% "relative accuracy" from comparing different question sets
+    assert s["results"]["0.5"]["relative"]["jsonl"] == pytest.approx(100.0)
+    assert s["results"]["0.5"]["relative_n"]["jsonl"] == 3

@@ -85,6 +85,11 @@ def cmd_eval(args, answer_factory=None) -> int:
     n = len(args.bench)
     if len(args.data) != n:
         raise SystemExit(f"vista eval: error: --data takes one folder per --bench ({n}), got {len(args.data)}")
+    dups = sorted({b for b in args.bench if args.bench.count(b) > 1})
+    if dups:
+        raise SystemExit(f"vista eval: error: --bench {' '.join(dups)} given more than once; results are "
+                         f"cached by benchmark/question, so two {dups[0]!r} runs would overwrite each other. "
+                         f"Run them separately, each with its own --out/--cache")
     anns = _per_bench(args.annotation, n, "--annotation")
     vdirs = _per_bench(args.video_dir, n, "--video-dir")
     try:

@@ -98,15 +98,76 @@ def _valid(letter: str, n_options: int) -> Optional[str]:
     return up if up in LETTERS[:n_options] else None
 
 
+# Words that, right after a sentence-initial capital "A", show that "A" names the option
+# ("A is correct", "A since ...", "A because ...") rather than being the article ("A man ...").
+_LETTER_FOLLOWERS = frozenset(
+    "is was seems seem appears appear looks look would should could must might may will "
+    "since because as and or but so then fits fit matches match best describes describe "
+    "correctly answers answer".split()
+)
+# A letter that is directly negated: "not A", "isn't (A)", "never option A", "A is wrong".
+_NEG_BEFORE_RE = re.compile(
+    r"(?:\bnot|n't|n’t|\bnever|\bno)\s*(?:(?:the\s+)?(?:option|choice|letter)\s*)?[\(\[\{\"']?\s*$",
+    re.IGNORECASE,
+)
+_NEG_AFTER_RE = re.compile(
+    r"^\s*[\)\]\}\"']?\s*(?:is|was|seems|appears|looks|would\s+be)?\s*"
+    r"(?:wrong|incorrect|false|not\b|isn't|isn’t|can't|cannot|doesn't|does\s+not)",
+    re.IGNORECASE,
+)
+# A letter that is explicitly affirmed: "it is C", "I choose B", "go with D", "C is correct".
+_AFF_BEFORE_RE = re.compile(
+    r"(?:\b(?:is|it's|it’s|choose|chose|pick|picked|select|selected|go\s+with|going\s+with|be)"
+    r"|:)\s*(?:(?:option|choice|letter)\s*)?[\(\[\{\"']?\s*$",
+    re.IGNORECASE,
+)
+_AFF_AFTER_RE = re.compile(
+    r"^\s*[\)\]\}\"']?\s*(?:is|seems|appears)?\s*(?:the\s+)?(?:correct|right|best|true)\b",
+    re.IGNORECASE,
+)
+_SENTENCE_START_RE = re.compile(r"(?:^|[\.!?:;\n])[\s\"'\(\[\{]*$")
+
+
 def _is_article(text: str, pos: int) -> bool:
-    """The letter at ``pos`` is the English article 'a'/'A' ('A man ...') or the pronoun 'I'."""
+    """The letter at ``pos`` is the English article 'a'/'A' ('A man ...') or the pronoun 'I'.
+
+    A lowercase 'a' before a lowercase word is always the article.  A capital 'A' before a
+    lowercase word is the article only at the start of a sentence and when the next word does not
+    show it names the option: "A man walks" (article) vs "A is correct", "A since ..." (option A);
+    in the middle of a sentence ("The answer is A because ...", "Option A is ...") it is the letter.
+    """
     ch = text[pos]
     rest = text[pos + 1:]
-    if ch in "aA" and re.match(r" [a-z]", rest):
+    if ch == "a" and re.match(r" [a-z]", rest):
         return True
+    if ch == "A":
+        m = re.match(r" ([a-z]+)", rest)
+        if m and m.group(1) not in _LETTER_FOLLOWERS and _SENTENCE_START_RE.search(text[:pos]):
+            return True
     if ch == "I" and re.match(r" (?:am|think|believe|would|will|can|cannot|can't|guess|see|'m)\b", rest):
         return True
     return False
+
+
+def _negated(text: str, pos: int) -> bool:
+    """The letter at ``pos`` is directly negated: "not A", "isn't A", "never A", "A is wrong"."""
+    return bool(_NEG_BEFORE_RE.search(text[:pos]) or _NEG_AFTER_RE.match(text[pos + 1:]))
+
+
+def _affirmed(text: str, pos: int) -> bool:
+    return bool(_AFF_BEFORE_RE.search(text[:pos]) or _AFF_AFTER_RE.match(text[pos + 1:]))
+
+
+def _pick(cands) -> Optional[str]:
+    """One letter from ``[(letter, affirmed), ...]``: the only one named, else the only affirmed
+    one; None when several different letters remain equally plausible."""
+    letters = {c for c, _ in cands}
+    if len(letters) == 1:
+        return letters.pop()
+    affirmed = {c for c, a in cands if a}
+    if len(affirmed) == 1:
+        return affirmed.pop()
+    return None
 
 
 def _norm(s: str) -> str:
@@ -120,7 +181,9 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
     instead of its letter) or just the number of options.  Only letters of existing options are
     returned.  Rules, first hit wins: a reply that is a bare letter; an explicit "answer/option is X";
     a leading label ("B.", "(C)", "D) ..."); a bracketed letter; a lone capital letter that is not
-    the article "A" / pronoun "I"; finally the one option whose text the reply contains.
+    the article "A" / pronoun "I"; finally the one option whose text the reply contains.  Directly
+    negated letters ("not A", "isn't A", "A is wrong") are skipped; when several different lone
+    letters remain, the affirmed one ("it is C") is returned, or None if none stands out ("A or B").
     """
     if isinstance(options, int):
         if options < 1 or options > len(LETTERS):
@@ -142,11 +205,15 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
     if len(bare) == 1 and bare.isalpha():
         return _valid(bare, n)
 
-    # 2. explicit keyword: "The answer is C", "Answer: (b)", "best option: D", "option B"
+    # 2. explicit keyword: "The answer is C", "Answer: (b)", "best option: D", "option B".
+    #    Only a lowercase "a" before a word is the article here ("the answer is a man in red");
+    #    "The answer is A because ..." / "Option A is correct" name option A.  A negated letter
+    #    ("option A is wrong") is skipped.
     for rx in (_KEYWORD_RE, _OPTION_WORD_RE):
         for m in rx.finditer(s):
-            if _is_article(s, m.start(1)):
-                continue  # "the answer is a man in red": the article, not option A
+            pos = m.start(1)
+            if (s[pos] != "A" and _is_article(s, pos)) or _negated(s, pos):
+                continue
             v = _valid(m.group(1), n)
             if v:
                 return v
@@ -154,26 +221,34 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
     # 3. leading label after dropping "The answer is"-like prefixes: "B. a dog", "(C) ...", "D) ..."
     head = _PREFIXES_RE.sub("", s, count=1)
     m = _LEADING_RE.match(head)
-    if m and not _is_article(head, m.start(1)):
+    if m and not _is_article(head, m.start(1)) and not _negated(head, m.start(1)):
         letter = m.group(1)
         if letter.isupper() or re.match(r"^[\s\"'\[\{\(]*[a-z]\s*[\)\]\}\.:]", head):
             v = _valid(letter, n)
             if v:
                 return v
 
-    # 4. a bracketed capital letter anywhere: "... so (C)."
+    # 4. a bracketed capital letter anywhere: "... so (C)." (not a negated one: "not (A)")
     for m in _BRACKETED_RE.finditer(s):
-        v = _valid(m.group(1), n)
-        if v:
-            return v
-
-    # 5. a lone capital letter that is a valid option (skipping the article "A" / pronoun "I")
-    for m in _STANDALONE_RE.finditer(s):
-        if _is_article(s, m.start(1)):
+        if _negated(s, m.start(1)):
             continue
         v = _valid(m.group(1), n)
         if v:
             return v
+
+    # 5. lone capital letters that are valid options, skipping the article "A" / pronoun "I" and
+    #    negated letters ("The answer is not A, it is C"); several different letters: the one
+    #    affirmed ("it is C", "C is correct"), or None when none stands out ("A or B").
+    cands = []
+    for m in _STANDALONE_RE.finditer(s):
+        pos = m.start(1)
+        if _is_article(s, pos) or _negated(s, pos):
+            continue
+        v = _valid(m.group(1), n)
+        if v:
+            cands.append((v, _affirmed(s, pos)))
+    if cands:
+        return _pick(cands)
 
     # 6. the reply quotes exactly one option's text
     if texts:

@@ -15,7 +15,11 @@ warns once.  ``stats`` is a dict; the keys the table uses (all optional) are
 * ``peak_mem_bytes`` - peak memory of the call.
 
 Every finished sample is appended (and flushed) to a JSONL cache as soon as it is scored, so an
-interrupted run resumes where it stopped.  Samples whose video is missing are reported and never
+interrupted run resumes where it stopped.  Each record carries a fingerprint of its question (text,
+options, answer, video path): a cached record is reused only for the very same question, so another
+annotation file under the same benchmark name is recomputed, not silently scored with old answers
+(records from before fingerprints existed are recomputed too).  One sweep may not hold two
+benchmarks of the same name.  Samples whose video is missing are reported and never
 scored; a sample whose call raised is reported as an error and retried by the next run.
 """
 from __future__ import annotations
@@ -63,6 +67,36 @@ def retention_key(r: float) -> str:
 
 def sample_key(sample: Sample, retention: float) -> str:
     return f"{sample.benchmark}/{sample.qid}@{retention_key(retention)}"
+
+
+def sample_fingerprint(sample: Sample) -> str:
+    """A hash of what the model is asked about one sample: question, options, answer, video path
+    (and the time range of a clipped sample).  Stored with each cached record, so that a record for
+    the same ``benchmark/qid`` but another annotation (another file, an edited question) is not
+    reused."""
+    import hashlib
+
+    payload = {"question": sample.question, "options": list(sample.options), "answer": sample.answer,
+               "video": sample.video}
+    clip = sample_clip(sample)
+    if clip is not None:
+        payload["clip"] = list(clip)
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def check_benchmark_names(benchmarks: Sequence[Benchmark]) -> None:
+    """Refuse two benchmarks with the same name in one sweep: their records would share cache keys
+    (``name/qid@retention``) and one would silently overwrite the other's."""
+    seen, dup = set(), []
+    for b in benchmarks:
+        if b.name in seen and b.name not in dup:
+            dup.append(b.name)
+        seen.add(b.name)
+    if dup:
+        raise ValueError(f"benchmarks: {', '.join(repr(d) for d in dup)} given more than once in one sweep; "
+                         f"their results would share cache keys and overwrite each other. Run them as "
+                         f"separate sweeps (with separate --cache/--out) or merge their annotations")
 
 
 def sample_clip(sample: Sample) -> Optional[Tuple[Optional[float], Optional[float]]]:
@@ -271,6 +305,7 @@ def _score(sample: Sample, retention: float, text, stats, prompt: str, clip=None
         "output": text,
         "prompt_chars": len(prompt),
         "stats": normalize_stats(stats),
+        "fingerprint": sample_fingerprint(sample),
     }
     if clip is not None:  # the time range the answer function was given
         rec["clip"] = list(clip)
@@ -291,21 +326,44 @@ def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: Answe
         raise ValueError("benchmarks: give at least one benchmark")
     if not callable(make_answer_fn):
         raise TypeError("make_answer_fn must be a callable retention -> answer_fn")
+    check_benchmark_names(benchmarks)
     meta = dict(meta or {}, prompt_style=prompt_style)
     if not isinstance(cache, ResultCache):
         cache = ResultCache(cache, meta)
     result = SweepResult(retentions, list(benchmarks), {}, meta=cache.meta)
     samples = [s for b in benchmarks for s in b.samples]
+    fingerprints = [sample_fingerprint(s) for s in samples]
     for b in benchmarks:
         if b.missing:
             warnings.warn(f"{b.title}: {len(b.missing)} question(s) skipped, video not found "
                           f"(e.g. {b.missing[0].extra.get('video_ref', b.missing[0].video)}); "
                           f"they are reported, not counted")
+    # a cached record is reused only when it was written for this very question (same fingerprint)
+    valid = {}
+    n_unmarked = n_changed = 0
     for r in retentions:
-        pending = [s for s in samples if sample_key(s, r) not in cache]
+        for s, fp in zip(samples, fingerprints):
+            rec = cache.get(sample_key(s, r))
+            if rec is None:
+                continue
+            if rec.get("fingerprint") == fp:
+                valid[sample_key(s, r)] = rec
+            elif rec.get("fingerprint") is None:
+                n_unmarked += 1
+            else:
+                n_changed += 1
+    if n_unmarked:
+        warnings.warn(f"cache: {n_unmarked} cached record(s) in {cache.path} have no question fingerprint "
+                      f"(written by an older version); they are treated as stale and recomputed")
+    if n_changed:
+        warnings.warn(f"cache: {n_changed} cached record(s) in {cache.path} were for a different question "
+                      f"(same benchmark/qid, but another question, options, answer or video: another "
+                      f"annotation file?); they are recomputed")
+    for r in retentions:
+        pending = [s for s in samples if sample_key(s, r) not in valid]
         for s in samples:
-            if sample_key(s, r) in cache:
-                result.records[sample_key(s, r)] = cache.get(sample_key(s, r))
+            if sample_key(s, r) in valid:
+                result.records[sample_key(s, r)] = valid[sample_key(s, r)]
         done = [result.records[sample_key(s, r)] for s in samples if sample_key(s, r) in result.records]
         n_correct = sum(1 for rec in done if rec["correct"])
         n_done = len(done)
@@ -401,7 +459,8 @@ def _mean(vals) -> Optional[float]:
 
 def summarize(result: SweepResult) -> dict:
     """Accuracy per benchmark, category and duration class for each retention; relative accuracy
-    against retention 1.0 (when swept); mean prefill FLOPs ratio, mean TTFT and peak memory."""
+    against retention 1.0 (when swept), on the questions answered at both retentions (their count
+    in ``relative_n``); mean prefill FLOPs ratio, mean TTFT and peak memory."""
     out = {
         "meta": dict(result.meta),
         "retentions": [float(r) for r in result.retentions],
@@ -416,11 +475,13 @@ def summarize(result: SweepResult) -> dict:
             "missing_videos": [{"qid": s.qid, "video": s.extra.get("video_ref", s.video)} for s in b.missing],
             "invalid": list(b.invalid),
         }
+    paired: Dict[str, Dict[str, Dict[str, dict]]] = {}  # retention key -> benchmark -> qid -> record
     for r in result.retentions:
         per = {}
         all_recs = []
         for b in result.benchmarks:
             recs = [result.records[k] for k in (sample_key(s, r) for s in b.samples) if k in result.records]
+            paired.setdefault(retention_key(r), {})[b.name] = {x["qid"]: x for x in recs}
             all_recs += recs
             entry = _acc(recs)
             entry["unparsed"] = sum(1 for x in recs if x.get("pred") is None)
@@ -442,17 +503,30 @@ def summarize(result: SweepResult) -> dict:
             "errors": sum(1 for e in result.errors if e["retention"] == r),
         }
         out["results"][retention_key(r)] = row
-    base = out["results"].get(retention_key(1.0))
+    # Relative accuracy compares retention r with retention 1.0 on the same questions: those that
+    # have a record at both (a question that failed at one of them would otherwise make the two
+    # accuracies cover different sets).  ``relative_n`` gives the number of questions used.
+    base_key = retention_key(1.0)
     for key, row in out["results"].items():
-        rel = None
-        if base is not None:
-            rel = {}
-            for name, e in row["benchmarks"].items():
-                b_acc = base["benchmarks"][name]["accuracy"]
-                rel[name] = (100.0 * e["accuracy"] / b_acc) if b_acc and e["accuracy"] is not None else None
-            rel["average"] = (100.0 * row["average"] / base["average"]
-                              if base["average"] and row["average"] is not None else None)
+        rel = rel_n = None
+        if base_key in out["results"]:
+            rel, rel_n = {}, {}
+            accs_r, accs_b = [], []
+            for name in row["benchmarks"]:
+                cur, base = paired[key][name], paired[base_key][name]
+                both = [q for q in cur if q in base]
+                a_r = _acc(cur[q] for q in both)["accuracy"]
+                a_b = _acc(base[q] for q in both)["accuracy"]
+                accs_r.append(a_r)
+                accs_b.append(a_b)
+                rel[name] = (100.0 * a_r / a_b) if a_b and a_r is not None else None
+                rel_n[name] = len(both)
+            ok = all(a is not None for a in accs_r + accs_b)
+            avg_r, avg_b = (_mean(accs_r), _mean(accs_b)) if ok else (None, None)
+            rel["average"] = (100.0 * avg_r / avg_b) if avg_b and avg_r is not None else None
+            rel_n["average"] = sum(v for v in rel_n.values())
         row["relative"] = rel
+        row["relative_n"] = rel_n
     return out
 
 
@@ -492,7 +566,8 @@ def render_markdown(summary: dict) -> str:
                   "–" if row["peak_mem_bytes"] is None else f"{row['peak_mem_bytes'] / 1e9:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep). "
+    lines.append("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep), "
+                 "on the questions answered at both retentions. "
                  "Prefill FLOPs ratio: LLM prefill FLOPs with pruning / without (visual + text tokens), mean over "
                  "questions. TTFT: video decode to first generated token, mean; Latency: whole call, mean. "
                  "Peak mem: the largest of the per-question peaks (CUDA: max allocated; CPU: the process's peak RSS).")
