@@ -104,6 +104,11 @@ def prune_videos(
     Ts = [int(x.shape[0]) for x in xs]
     N = max(Ns)
     starts = [sum(Ts[:b]) for b in range(len(xs))]
+    backend = vk.resolve_backend(config.backend, xs[0])  # a bad backend fails even when nothing is pruned
+    # Budgets always sum to retained_count: when that is every token of every video (retention 1.0)
+    # pruning is an exact no-op, decided before any padding or geometry pass.
+    if all(retained_count(T, n, config.retention) == T * n for T, n in zip(Ts, Ns)):
+        return _keep_everything(xs, qs, scout_scores, config)
     if len(xs) == 1:
         X, valid, S = xs[0], None, scout_scores[0]
     else:  # one (sum T, max N, D) tensor; padding tokens are invalid everywhere
@@ -121,7 +126,6 @@ def prune_videos(
                 if s is not None:
                     S[t0 : t0 + T, :n] = s.float()
 
-    backend = vk.resolve_backend(config.backend, X)
     fused = None
     if backend == "triton":
         # One geometry pass gives the Gram matrices, frame means and cosines of every frame.
@@ -130,29 +134,7 @@ def prune_videos(
         with on_device_of(X):
             fused = FusedPruner(X, valid)
             means, cos = fused.frame_means(), fused.frame_cosine()
-    plans = []
-    with trusted_inputs():
-        for x, q, t0, T in zip(xs, qs, starts, Ts):
-            if fused is not None:
-                stats = (means[t0 : t0 + T], cos[t0 : t0 + T - 1])
-            else:  # frame means chunk by chunk (cache-resident on CPU), from the unpadded video
-                m = torch.cat([x[sl].float().mean(1) for sl in _chunks(x)])
-                stats = (m, cosine_of_means(m))
-            plans.append(plan_budgets(x, q, config.retention, config, frame_stats=stats))
-
-    all_kept = all(int(p.budgets.sum()) == T * n for p, T, n in zip(plans, Ts, Ns))
-    if all_kept:  # retention 1.0 (or budgets covering everything): an exact no-op
-        results = []
-        for x, s, p in zip(xs, scout_scores, plans):
-            T, n, _ = x.shape
-            keep = torch.ones(T, n, dtype=torch.bool, device=device)
-            foveal = torch.zeros_like(keep)
-            if s is not None:
-                k_f = foveal_counts(p.budgets, config.scout_ratio, True)
-                foveal = stable_topk_mask(s, k_f, keep)
-            assign = torch.arange(n, device=device).expand(T, n).clone()
-            results.append(_assemble(x.reshape(T * n, -1), keep, foveal, assign, p))
-        return results
+    plans = _plans(xs, qs, config, None if fused is None else (means, cos))
 
     budgets = torch.cat([p.budgets for p in plans])
     has_scout = torch.cat(
@@ -207,6 +189,37 @@ def _chunks(x: torch.Tensor):
         return [slice(0, F)]
     step = max(1, CPU_CHUNK_BYTES // max(1, x.shape[1] * x.shape[2] * 4))
     return [slice(t, min(F, t + step)) for t in range(0, F, step)]
+
+
+def _plans(xs, qs, config, fused_stats=None):
+    """Budget plans per video, from the fused pass's means/cosines or from chunked torch means."""
+    plans, t0 = [], 0
+    with trusted_inputs():
+        for x, q in zip(xs, qs):
+            T = x.shape[0]
+            if fused_stats is not None:
+                means, cos = fused_stats
+                stats = (means[t0 : t0 + T], cos[t0 : t0 + T - 1])
+            else:  # frame means chunk by chunk (cache-resident on CPU), from the unpadded video
+                m = torch.cat([x[sl].float().mean(1) for sl in _chunks(x)])
+                stats = (m, cosine_of_means(m))
+            plans.append(plan_budgets(x, q, config.retention, config, frame_stats=stats))
+            t0 += T
+    return plans
+
+
+def _keep_everything(xs, qs, scout_scores, config) -> List[PrunedVideo]:
+    """retention covering every token: each video comes back bit-identical (budgets = N)."""
+    results = []
+    for x, s, p in zip(xs, scout_scores, _plans(xs, qs, config)):
+        T, n, _ = x.shape
+        keep = torch.ones(T, n, dtype=torch.bool, device=x.device)
+        foveal = torch.zeros_like(keep)
+        if s is not None:
+            foveal = stable_topk_mask(s, foveal_counts(p.budgets, config.scout_ratio, True), keep)
+        assign = torch.arange(n, device=x.device).expand(T, n).clone()
+        results.append(_assemble(x.reshape(T * n, -1), keep, foveal, assign, p))
+    return results
 
 
 def _assemble(tokens, keep, foveal, assign, plan) -> PrunedVideo:
