@@ -32,7 +32,7 @@ def spy_prune_questions(monkeypatch) -> list:
     """Record the question embeddings every vm_common.prune_videos call receives (list filled in place)."""
     seen_q = []
     real = vm_common.prune_videos
-    monkeypatch.setattr(vm_common, "prune_videos", lambda xs, qs, s, c: seen_q.extend(qs) or real(xs, qs, s, c))
+    monkeypatch.setattr(vm_common, "prune_videos", lambda xs, qs, s, c, **kw: seen_q.extend(qs) or real(xs, qs, s, c, **kw))
     return seen_q
 
 

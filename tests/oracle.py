@@ -35,12 +35,22 @@ def _valid(valid: Optional[torch.Tensor], F: int, N: int) -> List[List[bool]]:
     return valid.detach().to("cpu").to(torch.bool).tolist()
 
 
+#: DESIGN's duplicate rule (vista_kernels.DUPLICATE_RTOL, restated here on purpose): tokens whose
+#: squared distance is at most 2^-16 of the larger squared norm are the same token (distance 0).
+DUPLICATE_RTOL = 2.0 ** -16
+
+
 def sqdist(a: Sequence[float], b: Sequence[float]) -> float:
-    """Scaled squared distance ||a - b||^2 / D as a direct fp64 sum over dims."""
+    """Scaled squared distance ||a - b||^2 / D as a direct fp64 sum over dims (duplicate rule)."""
     s = 0.0
+    na = nb = 0.0
     for u, v in zip(a, b):
         t = u - v
         s += t * t
+        na += u * u
+        nb += v * v
+    if s <= DUPLICATE_RTOL * max(na, nb):
+        return 0.0
     return s / len(a)
 
 

@@ -9,8 +9,8 @@ import textwrap
 
 KERNELS = ["_frame_geometry_kernel[gram]", "_frame_geometry_kernel[means]", "_frame_cosine_kernel",
            "_dpc_scores_kernel[rho]", "_dpc_scores_kernel[delta]", "_dpc_scores_kernel[fused]",
-           "_dpc_scores_kernel[delta+gamma]", "_anchor_assign_kernel", "_anchor_aggregate_kernel",
-           "_scout_score_reduce_kernel"]
+           "_dpc_scores_kernel[delta+gamma]", "_anchor_assign_kernel", "_anchor_aggregate_kernel[compact]",
+           "_anchor_aggregate_kernel[full]", "_scout_score_reduce_kernel"]
 
 
 def _run(args, code=None):
@@ -32,8 +32,14 @@ def test_aot_compiles_every_kernel_without_spills():
                 cols = ln.split()
                 assert cols[-1] == "OK" and cols[-2] == "0", ln  # STACK (spill bytes) 0
                 assert 0 < int(cols[-4]) <= 255, ln  # registers
-    for shape in ("N=196 D=1152|3584", "N=1024 D=1152|3584"):
+    for shape in ("N=17 D=1152|3584", "N=196 D=1152|3584", "N=1024 D=1152|3584", "N=4096 D=1152|3584"):
         assert shape in r.stdout
+    # the DPC kernel: one row per k in {1, 7, 16, 32} and N bucket (N = 17 caps k at 16)
+    for arch in ("sm_80", "sm_90"):
+        for N, ks in ((17, (1, 7, 16)), (196, (1, 7, 16, 32)), (1024, (1, 7, 16, 32)), (4096, (1, 7, 16, 32))):
+            for k in ks:
+                assert any(ln.startswith("_dpc_scores_kernel[") and f" {arch} " in ln and f"N={N} " in ln
+                           and f" k={k} " in ln for ln in lines), (arch, N, k)
     assert ", 0 failed or spilled" in r.stdout
 
 

@@ -171,31 +171,47 @@ def test_lone_and_invalid_tokens(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("bound", [None, 2 * 17 * 17])  # whole-video Gram kept / chunked (3 passes)
-def test_fused_pruner_equals_op_composition(device, dtype, bound):
-    from vista_kernels.ops import FusedPruner
+@pytest.mark.parametrize("mode", ["gram", "no_gram", "chunked"])  # G from frame_stats / recomputed / per chunk
+def test_prune_frames_equals_op_composition(device, dtype, mode):
+    from vista_kernels.ops.prune_frames import frame_stats_triton, prune_frames_triton
     from vista_kernels.reference import anchor_aggregate_torch, frame_cosine_torch, frame_means_torch
+    from vista_kernels.reference.prune_frames import prune_frames_torch
 
     x, valid = make(4, 17, 24, dtype, device, seed=21, valid_p=0.9)
     valid[-1, :3] = True
     g = torch.Generator().manual_seed(1)
-    foveal = (torch.rand(4, 17, generator=g) < 0.2).to(device) & valid
+    scores = torch.rand(4, 17, generator=g).to(device)
+    budgets = torch.clamp(valid.sum(1) // 2, min=1).to(device)
+    k_foveal = budgets // 3
+    means, cos, gram = frame_stats_triton(x, valid, keep_gram=mode == "gram")
+    torch.testing.assert_close(cos, frame_cosine_torch(x, valid), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(means, frame_means_torch(x, valid), rtol=1e-5, atol=1e-6)
+    assert gram.shape == ((4, 17, 17) if mode == "gram" else (0, 17, 17))
+    M = int(budgets.sum())
+    out = prune_frames_triton(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5,
+                              gram=gram if mode == "gram" else None,
+                              max_gram_elems=2 * 17 * 17 if mode == "chunked" else None)
+    ref = prune_frames_torch(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5)
+    # the same result spelled with the public per-step ops
+    foveal = vk_stable_topk(scores, k_foveal, valid)
     cand = valid & ~foveal
-    k_anchor = torch.clamp(cand.sum(1) // 3, min=1)
-    fp = FusedPruner(x, valid, max_gram_elems=bound)
-    torch.testing.assert_close(fp.frame_cosine(), frame_cosine_torch(x, valid), rtol=2e-5, atol=2e-5)
-    torch.testing.assert_close(fp.frame_means(), frame_means_torch(x, valid), rtol=1e-5, atol=1e-6)
-    assert_gap(dpc_gamma_torch(x, cand, 7), k_anchor, cand)
-    keep, out, assign = fp.select_and_aggregate(k_anchor, cand, foveal, alpha=0.5, k=7)
-    ref_keep = foveal | dpc_select_torch(x, k_anchor, cand, 7)
-    assert torch.equal(keep, ref_keep)
-    ref_out, ref_assign = anchor_aggregate_torch(x, ref_keep, 0.5, valid)
-    assert torch.equal(assign, ref_assign)
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    torch.testing.assert_close(out.float(), ref_out.float(), rtol=tol, atol=tol)
-    assert fp.passes == (2 if bound is None else 3)
-    with pytest.raises(ValueError, match="candidates must be a subset"):
-        fp.select_and_aggregate(k_anchor, ~valid | valid)
+    assert_gap(dpc_gamma_torch(x, cand, 7), budgets - k_foveal, cand)
+    keep = foveal | dpc_select_torch(x, budgets - k_foveal, cand, 7)
+    x_out, assign = anchor_aggregate_torch(x, keep, 0.5, valid)
+    fi, ti = torch.nonzero(keep, as_tuple=True)
+    for got in (out, ref):
+        assert torch.equal(got.keep, keep) and torch.equal(got.foveal, foveal)
+        assert torch.equal(got.assign, assign)
+        assert torch.equal(got.frame_index, fi) and torch.equal(got.token_index, ti)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got.tokens.float(), x_out[fi, ti].float(), rtol=tol, atol=tol)
+        assert got.tokens.dtype == dtype and got.tokens.shape == (M, 24)
+
+
+def vk_stable_topk(score, k, eligible):
+    import vista_kernels as vk
+
+    return vk.stable_topk_mask(score, k, eligible)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 import vista_kernels as vk
-from vista_kernels.reference._common import stable_topk_mask
 
 
 def foveal_counts(budgets: torch.Tensor, scout_ratio: float, has_scout: bool) -> torch.Tensor:
@@ -43,7 +42,7 @@ def select_tokens(
     if has_scout is not None:
         k_f = torch.where(has_scout, k_f, torch.zeros_like(k_f))
     if scout_scores is not None:
-        foveal = stable_topk_mask(scout_scores, k_f, valid)
+        foveal = vk.stable_topk_mask(scout_scores, k_f, valid)
     else:
         foveal = torch.zeros(F, N, dtype=torch.bool, device=x.device)
     candidates = valid & ~foveal

@@ -6,6 +6,20 @@ Triton implementation, selected with ``backend=``:
 * ``"auto"``   - ``$VISTA_BACKEND`` if set, else triton for CUDA tensors and torch otherwise.
 
 Shapes: x is (F, N, D) float32/float16/bfloat16, valid an optional (F, N) bool mask (None = all).
+
+The whole per-frame pruning of a video is two ops, both sync-free on a GPU:
+``frame_stats`` (frame means, consecutive cosines and the Gram matrices, one read of x) and
+``prune_frames`` (foveal top-k, DPC-KNN anchors, nearest-anchor aggregation, compacted output;
+x read a second time). Every public op is registered with ``torch.library`` (namespace
+``vista_kernels``), so ``torch.compile(fullgraph=True)`` and CUDA graphs accept them.
+
+| op | Triton kernel (``ops/``) | reference (``reference/``) | tests |
+|---|---|---|---|
+| frame_cosine, frame_stats | frame_geometry.py | frame_cosine.py, prune_frames.py | test_kernels_geometry |
+| knn_density, dpc_delta, dpc_gamma, dpc_select | dpc_scores.py | dpc.py | test_kernels_dpc |
+| anchor_aggregate | anchor_aggregate.py | anchor_aggregate.py | test_kernels_anchor |
+| prune_frames | prune_frames.py | prune_frames.py | test_kernels_prune |
+| scout_score_reduce | scout_score_reduce.py | scout_score_reduce.py | test_kernels_scout |
 """
 from __future__ import annotations
 
@@ -14,7 +28,10 @@ from typing import Callable, Dict
 
 import torch
 
-from . import reference
+from . import checks, reference
+from .checks import check_finite, token_limit
+from .reference._common import DUPLICATE_RTOL, stable_topk_mask
+from .reference.prune_frames import PrunedFrames
 from .reference import (
     anchor_aggregate_torch,
     dpc_delta_torch,
@@ -132,8 +149,100 @@ def scout_score_reduce(attn, backend: str = "auto"):
     return _dispatch("scout_score_reduce", backend, attn)(attn)
 
 
+def frame_stats(x, valid=None, backend: str = "auto", *, keep_gram: bool = False, check_finite: bool = True):
+    """Frame statistics for budgeting, in one read of x.
+
+    Args:
+        x: (F, N, D) float32/float16/bfloat16; valid: optional (F, N) bool.
+        keep_gram: also return the per-frame Gram matrices (Triton backend, when the (F, N, N)
+            fp32 tensor fits the memory bound) for :func:`prune_frames` to reuse.
+        check_finite: scan x for NaN/inf (one host sync); False when the caller already did.
+    Returns:
+        (means (F, D) fp32, cosine (F-1,) fp32, gram (F, N, N) fp32 or an empty (0, N, N) tensor).
+    """
+    from .library import call_frame_stats
+
+    x = checks.check_tokens(x, finite=check_finite)
+    if valid is not None:
+        checks.check_mask(valid, x, "valid")
+    return call_frame_stats(x, valid, resolve_backend(backend, x), keep_gram)
+
+
+def prune_frames(
+    x,
+    budgets,
+    k_foveal=None,
+    scores=None,
+    valid=None,
+    *,
+    num_kept=None,
+    k: int = 7,
+    alpha: float = 0.5,
+    gram=None,
+    backend: str = "auto",
+    check_finite: bool = True,
+) -> PrunedFrames:
+    """Select, aggregate and compact the kept tokens of every frame: the per-frame work of Vista.
+
+    Per frame f: the ``k_foveal[f]`` highest ``scores`` among valid tokens are kept (foveal), then
+    the ``budgets[f] - k_foveal[f]`` candidates (valid, not foveal) with the highest DPC-KNN
+    gamma (anchors; kNN size ``k``); every other valid token joins its nearest kept token and each
+    kept token with a non-empty cluster becomes (1 - alpha) v + alpha mean(cluster). Ties go to the
+    lower token index.
+
+    Args:
+        x: (F, N, D) float32/float16/bfloat16 tokens.
+        budgets: (F,) integer tensor, 1 <= budgets[f] <= valid tokens of frame f (0 for a frame
+            without valid tokens).
+        k_foveal: (F,) integer tensor, 0 <= k_foveal[f] <= budgets[f], or None (no foveal tokens).
+        scores: (F, N) float scout scores (needed when k_foveal is given).
+        valid: (F, N) bool or None (all valid).
+        num_kept: M = budgets.sum(). Pass it (e.g. from ``vista.retained_count``) to keep the call
+            free of host synchronisation; None reads it from budgets (one sync).
+        gram: the Gram tensor from ``frame_stats(..., keep_gram=True)`` (Triton), or None.
+        check_finite: scan x and scores for NaN/inf (one host sync) before any math.
+    Returns:
+        PrunedFrames(tokens (M, D) x.dtype, frame_index (M,), token_index (M,), keep (F, N) bool,
+        foveal (F, N) bool, assign (F, N) int64); rows in frame order, raster order within a frame.
+    Budgets are trusted to respect the limits above (checking them would read device values);
+    ``vista.prune_video`` guarantees them by construction.
+    """
+    from .library import call_prune_frames
+
+    x = checks.check_tokens(x, finite=False)
+    F, N, _ = x.shape
+    budgets = checks.check_counts(budgets, x, "budgets")
+    if k_foveal is not None:
+        k_foveal = checks.check_counts(k_foveal, x, "k_foveal")
+        if scores is None:
+            raise ValueError("k_foveal needs scores: pass the (F, N) scout scores the foveal tokens come from")
+    if scores is not None:
+        checks.check_scores(scores, x, "scores", finite=False)
+    if valid is not None:
+        checks.check_mask(valid, x, "valid")
+    k = checks.check_k(k)
+    alpha = checks.check_alpha(alpha)
+    if check_finite:
+        checks.check_finite(limits={"x": token_limit(x.shape[-1])}, x=x, scores=scores)
+    if num_kept is None:
+        num_kept = int(budgets.sum())
+    if isinstance(num_kept, bool) or not isinstance(num_kept, int) or not 0 <= num_kept <= F * N:
+        raise ValueError(f"num_kept must be an int in [0, F*N] = [0, {F * N}], got {num_kept!r}")
+    b = resolve_backend(backend, x)
+    if gram is not None and (b != "triton" or tuple(gram.shape) != (F, N, N)):
+        gram = None
+    return call_prune_frames(x, budgets, k_foveal, scores, valid, gram, num_kept, k, alpha, b)
+
+
 __all__ = [
     "BACKENDS",
+    "DUPLICATE_RTOL",
+    "PrunedFrames",
+    "stable_topk_mask",
+    "check_finite",
+    "frame_stats",
+    "prune_frames",
+    "token_limit",
     "anchor_aggregate",
     "dpc_delta",
     "dpc_gamma",

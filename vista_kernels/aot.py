@@ -2,7 +2,8 @@
 
     python -m vista_kernels.aot --arch 80 90 [--dtypes bf16 fp16 fp32]
 
-For D in {1152, 3584} and N in {196, 1024} (and the scout shape) it compiles exactly the launch
+For D in {1152, 3584}, N in {17, 196, 1024, 4096}, kNN k in {1, 7, 16, 32} (and the scout shape) it
+compiles exactly the launch
 configurations the host wrappers choose (block sizes, constexpr flags, ``num_warps``) with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32), options={"num_warps": ...})``
 - no GPU needed - runs Triton's bundled ``cuobjdump --dump-resource-usage`` on each cubin and prints
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Tuple
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -37,6 +39,7 @@ from .utils import tl_dtype_name  # noqa: E402
 
 SHAPES_N = (17, 196, 1024, 4096)
 SHAPES_D = (1152, 3584)
+KNN_K = (1, 7, 16, 32)
 SCOUT_SHAPE = (64, 12, 32, 257)  # (frames, heads, queries, patches): BLIP-2 Q-Former on 224px frames
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -49,13 +52,16 @@ class Spec:
     """One kernel launch configuration: runtime args (name -> (type, value)) and constexprs."""
 
     def __init__(self, fn, label: str, args: List[Tuple[str, str, object]], constexprs: Dict[str, object],
-                 num_warps: int):
+                 num_warps: int, num_stages: int = 3):
         self.fn, self.label, self.args, self.constexprs, self.num_warps = fn, label, args, constexprs, num_warps
+        self.num_stages = num_stages
 
     def key(self):
         hint = tuple((t, (v % 16 == 0) if isinstance(v, int) and not t.startswith("*") and t != "fp32" else None)
                      for _, t, v in self.args)
-        return (self.fn.__name__, hint, tuple(sorted(self.constexprs.items())), self.num_warps)
+        n = re.search(r"N=\d+ ", self.label)  # every N bucket keeps its own row, even when it compiles alike
+        return (self.fn.__name__, hint, tuple(sorted(self.constexprs.items())), self.num_warps, self.num_stages,
+                n.group(0) if n else "")
 
     def source(self) -> ASTSource:
         names = self.fn.arg_names
@@ -73,7 +79,7 @@ class Spec:
 
     def blocks(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.constexprs.items() if k.startswith("BLOCK") or k in ("K",)) + \
-            f" warps={self.num_warps}"
+            f" warps={self.num_warps} stages={self.num_stages}"
 
 
 def _specs(dtype: torch.dtype) -> List[Spec]:
@@ -91,41 +97,45 @@ def _specs(dtype: torch.dtype) -> List[Spec]:
                      ("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N),
                      ("D", "i32", D), ("T", "i32", T), ("stride_xf", "i32", N * D)],
                     {"COMPUTE_GRAM": gram, "BLOCK_N": c["BLOCK_N"], "BLOCK_D": c["BLOCK_D"],
-                     "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee"}, c["num_warps"]))
+                     "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "INTERPRETED": False},
+                    c["num_warps"], c["num_stages"]))
             cc = _geo.cosine_config(T, D)
             specs.append(Spec(
                 _geo._frame_cosine_kernel, tag,
                 [("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("out_ptr", "*fp32", 0), ("T", "i32", T),
                  ("D", "i32", D), ("EPS", "fp32", 1e-12)],
                 {"BLOCK_T": cc["BLOCK_T"], "BLOCK_D": cc["BLOCK_D"]}, cc["num_warps"]))
-            dc = _dpc.dpc_config(N, 7)
-            dargs = [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0),
-                     ("rho_in_ptr", "*fp32", 0), ("rho_ptr", "*fp32", 0), ("delta_ptr", "*fp32", 0),
-                     ("gamma_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))]
-            base = {"K": dc["K"], "KP": dc["KP"], "BLOCK_M": dc["BLOCK_M"], "BLOCK_N": dc["BLOCK_N"]}
-            modes = [dict(DO_RHO=True, DO_DELTA=False, ROW_GRID=True, STORE_GAMMA=False),  # knn_density
-                     dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=False)]  # dpc_delta
-            if dc["fused"]:
-                modes.append(dict(DO_RHO=True, DO_DELTA=True, ROW_GRID=False, STORE_GAMMA=True))
-            else:
-                modes.append(dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=True))
-            for m in modes:
-                specs.append(Spec(_dpc._dpc_scores_kernel, tag, dargs, {**base, **m}, dc["num_warps"]))
+            for kk in KNN_K:
+                dc = _dpc.dpc_config(N, kk)
+                dargs = [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0),
+                         ("rho_in_ptr", "*fp32", 0), ("rho_ptr", "*fp32", 0), ("delta_ptr", "*fp32", 0),
+                         ("gamma_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))]
+                base = {"K": dc["K"], "KP": dc["KP"], "BLOCK_M": dc["BLOCK_M"], "BLOCK_N": dc["BLOCK_N"]}
+                modes = [dict(DO_RHO=True, DO_DELTA=False, ROW_GRID=True, STORE_GAMMA=False),  # knn_density / row grid
+                         dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=False),  # dpc_delta
+                         dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=True)]  # row-grid gamma
+                if dc["fused"]:
+                    modes.append(dict(DO_RHO=True, DO_DELTA=True, ROW_GRID=False, STORE_GAMMA=True))
+                for m in modes:
+                    specs.append(Spec(_dpc._dpc_scores_kernel, f"{tag} k={kk}", dargs, {**base, **m}, dc["num_warps"]))
             ac = _agg.assign_config(N)
             specs.append(Spec(
                 _agg._anchor_assign_kernel, tag,
                 [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
-                 ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N)],
+                 ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))],
                 {"BLOCK_M": ac["BLOCK_M"], "BLOCK_N": ac["BLOCK_N"]}, ac["num_warps"]))
             gc = _agg.aggregate_config(N, D, dtype)
-            specs.append(Spec(
-                _agg._anchor_aggregate_kernel, tag,
-                [("x_ptr", xt, 0), ("out_ptr", xt, 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
-                 ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("D", "i32", D),
-                 ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
-                {"BLOCK_M": gc["BLOCK_M"], "BLOCK_N": gc["BLOCK_N"], "BLOCK_D": gc["BLOCK_D"],
-                 "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "ROUND_BF16": False},
-                gc["num_warps"]))
+            for compact in (True, False):  # prune_frames (compacted rows) / anchor_aggregate (full x_out)
+                specs.append(Spec(
+                    _agg._anchor_aggregate_kernel, tag,
+                    [("x_ptr", xt, 0), ("out_ptr", xt, 0), ("pos_ptr", "*i64", 0), ("fidx_ptr", "*i64", 0),
+                     ("tidx_ptr", "*i64", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
+                     ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("D", "i32", D),
+                     ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
+                    {"BLOCK_M": gc["BLOCK_M"], "BLOCK_N": gc["BLOCK_N"], "BLOCK_D": gc["BLOCK_D"],
+                     "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "ROUND_BF16": False,
+                     "COMPACT": compact},
+                    gc["num_warps"]))
     B, H, Q, P = SCOUT_SHAPE
     sc = _scout.scout_config(H, P)
     specs.append(Spec(
@@ -140,8 +150,9 @@ def _specs(dtype: torch.dtype) -> List[Spec]:
         if k in seen:  # same compilation for another D: name both shapes in the table
             first = seen[k]
             d_new = re.search(r"D=(\d+)", s.label)
-            if d_new and f"D={d_new.group(1)}" not in first.label:
-                first.label = re.sub(r"D=([\d|]+)", lambda m: f"D={m.group(1)}|{d_new.group(1)}", first.label)
+            d_old = re.search(r"D=([\d|]+)", first.label)
+            if d_new and d_old and d_new.group(1) not in d_old.group(1).split("|"):
+                first.label = first.label.replace(d_old.group(0), f"{d_old.group(0)}|{d_new.group(1)}")
         else:
             seen[k] = s
     return list(seen.values())
@@ -177,35 +188,42 @@ def mode_label(s: Spec) -> str:
         return "rho" if c["DO_RHO"] else ("delta+gamma" if c["STORE_GAMMA"] else "delta")
     if "COMPUTE_GRAM" in c:
         return "gram" if c["COMPUTE_GRAM"] else "means"
+    if "COMPACT" in c:
+        return "compact" if c["COMPACT"] else "full"
     return ""
+
+
+def _compile_row(s: Spec, arch: int):
+    """Compile one spec for sm_<arch>: (table row, 1 if it failed or spilled else 0)."""
+    name = f"{s.fn.__name__}[{mode_label(s)}]" if mode_label(s) else s.fn.__name__
+    try:
+        k = triton.compile(s.source(), target=GPUTarget("cuda", arch, 32),
+                           options={"num_warps": s.num_warps, "num_stages": s.num_stages})
+        u = resource_usage(k.asm["cubin"])
+        smem = int(getattr(k.metadata, "shared", 0))
+        spill = u.get("STACK", 0) + u.get("LOCAL", 0)
+        return (name, f"sm_{arch}", s.label, s.blocks(), str(u["REG"]), str(smem), str(u.get("STACK", 0)),
+                "OK" if spill == 0 else "SPILL"), int(spill > 0)
+    except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
+        msg = str(e).strip().splitlines()[-1][:80] if str(e).strip() else type(e).__name__
+        return (name, f"sm_{arch}", s.label, s.blocks(), "-", "-", "-", f"FAIL {msg}"), 1
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", default=[80, 90], help="SM versions, e.g. 80 90")
     ap.add_argument("--dtypes", nargs="+", default=["bf16"], choices=sorted(DTYPES), help="input dtypes")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compilations")
     args = ap.parse_args(argv)
     rows, failures = [], 0
     t0 = time.time()
-    for dname in args.dtypes:
-        specs = _specs(DTYPES[dname])
-        for arch in args.arch:
-            target = GPUTarget("cuda", arch, 32)
-            for s in specs:
-                name = f"{s.fn.__name__}[{mode_label(s)}]" if mode_label(s) else s.fn.__name__
-                try:
-                    k = triton.compile(s.source(), target=target, options={"num_warps": s.num_warps})
-                    u = resource_usage(k.asm["cubin"])
-                    smem = int(getattr(k.metadata, "shared", 0))
-                    spill = u.get("STACK", 0) + u.get("LOCAL", 0)
-                    status = "OK" if spill == 0 else "SPILL"
-                    failures += spill > 0
-                    rows.append((name, f"sm_{arch}", s.label, s.blocks(), str(u["REG"]), str(smem),
-                                 str(u.get("STACK", 0)), status))
-                except Exception as e:  # noqa: BLE001 - report every failure, then exit non-zero
-                    failures += 1
-                    msg = str(e).strip().splitlines()[-1][:80] if str(e).strip() else type(e).__name__
-                    rows.append((name, f"sm_{arch}", s.label, s.blocks(), "-", "-", "-", f"FAIL {msg}"))
+    jobs = [(s, arch) for dname in args.dtypes for s in _specs(DTYPES[dname]) for arch in args.arch]
+    # compilations release the GIL in MLIR/ptxas: a few threads overlap them
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda job: _compile_row(*job), jobs))
+    for row, failed in results:
+        rows.append(row)
+        failures += failed
     head = ("kernel", "arch", "shape", "blocks", "regs", "smem", "spill(STACK)", "status")
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     fmt = "  ".join("{:<%d}" % w for w in widths)

@@ -62,8 +62,14 @@ def check_triton_device(t: torch.Tensor, kernel, name: str = "x") -> None:
 
 
 def check_input_precision(p: str) -> str:
-    if p not in ("ieee", "tf32", "tf32x3"):
-        raise ValueError(f"input_precision must be 'ieee', 'tf32' or 'tf32x3', got {p!r}")
+    """Only "ieee": fp32 Gram products through TF32 (10-bit mantissas) lose the accuracy the
+    distances need, d2 = (|a|^2 + |b|^2) - 2G cancels catastrophically for close tokens (16-bit
+    inputs are exact on the tensor cores either way)."""
+    if p != "ieee":
+        raise ValueError(
+            f"input_precision must be 'ieee', got {p!r}: TF32 Gram products cancel in "
+            "|a|^2 + |b|^2 - 2G and break the distance (and duplicate) rules"
+        )
     return p
 
 

@@ -627,12 +627,12 @@ def prune_items(state: VistaState, inner, items: List[VideoItem], scout_handle: 
     if dev.type == "cuda":
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
-        pruned = prune_videos([it.x for it in items], qs, scores, cfg)
+        pruned = prune_videos([it.x for it in items], qs, scores, cfg, check_finite=False)
         e1.record()
         prune_t = (e0, e1)
     else:
         t = time.perf_counter()
-        pruned = prune_videos([it.x for it in items], qs, scores, cfg)
+        pruned = prune_videos([it.x for it in items], qs, scores, cfg, check_finite=False)
         prune_t = time.perf_counter() - t
     scout_t = None
     if scout_handle is not None:

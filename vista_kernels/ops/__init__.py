@@ -12,7 +12,7 @@ from .dpc_scores import (
     dpc_select_triton,
     knn_density_triton,
 )
-from .fused_video import FusedPruner
+from .prune_frames import frame_stats_triton, prune_frames_triton
 from .frame_geometry import frame_cosine_triton, frame_geometry_triton, frame_means_triton
 from .scout_score_reduce import scout_score_reduce_triton
 
@@ -27,7 +27,6 @@ TRITON_OPS = {
 }
 
 __all__ = [
-    "FusedPruner",
     "TRITON_OPS",
     "anchor_aggregate_triton",
     "dpc_delta_triton",
@@ -37,6 +36,8 @@ __all__ = [
     "frame_cosine_triton",
     "frame_geometry_triton",
     "frame_means_triton",
+    "frame_stats_triton",
+    "prune_frames_triton",
     "knn_density_triton",
     "scout_score_reduce_triton",
 ]

@@ -13,14 +13,16 @@ Two kernels per frame chunk, after the geometry pass:
 """
 from __future__ import annotations
 
+import struct
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from .._guard import check_aggregate_args
+from ..checks import check_aggregate_args
 from ..utils import check_input_precision, check_triton_device, kernel_interpreted, next_pow2, upcast_flag
+from .dpc_scores import _d2_tile
 from .frame_geometry import Geometry
 
 
@@ -38,7 +40,7 @@ def _round_fp32_to_bf16_rne(v):
 
 
 @triton.jit
-def _anchor_assign_kernel(g_ptr, sq_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N,
+def _anchor_assign_kernel(g_ptr, sq_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N, Df,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     fl = tl.program_id(0).to(tl.int64)
     f = fl + f0
@@ -55,11 +57,8 @@ def _anchor_assign_kernel(g_ptr, sq_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N,
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < N
         kj = (tl.load(keep_ptr + f * N + cols, mask=cmask, other=0) != 0) & cmask
-        # the reference's argmin score |x_j|^2 - 2 G_ij: ||x_i - x_j||^2 without the row's own
-        # |x_i|^2 (which cannot change the order), no clamp, no / D
-        g = tl.load(g_f + rows[:, None] * N + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-        sqj = tl.load(sq_f + cols, mask=cmask, other=0.0)
-        d2 = g * -2.0 + sqj[None, :]
+        # the reference's distances (duplicate rule, / D): nearest kept column, lower index on ties
+        d2 = _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df)
         d2 = tl.where(kj[None, :], d2, float("inf"))
         m, mi = tl.min(d2, axis=1, return_indices=True)
         upd = m < best
@@ -71,14 +70,15 @@ def _anchor_assign_kernel(g_ptr, sq_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N,
 
 
 @triton.jit
-def _anchor_aggregate_kernel(x_ptr, out_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N, D, stride_xf,
-                             one_minus_a, alpha,
+def _anchor_aggregate_kernel(x_ptr, out_ptr, pos_ptr, fidx_ptr, tidx_ptr, valid_ptr, keep_ptr, assign_ptr,
+                             f0, N, D, stride_xf, one_minus_a, alpha,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                             ROUND_BF16: tl.constexpr):
-    f = tl.program_id(0).to(tl.int64) + f0
-    rb = tl.program_id(1)
-    db = tl.program_id(2)
+                             ROUND_BF16: tl.constexpr, COMPACT: tl.constexpr):
+    # grid = (row blocks, D blocks, frames): the row blocks of one (frame, D block) are adjacent
+    rb = tl.program_id(0)
+    db = tl.program_id(1)
+    f = tl.program_id(2).to(tl.int64) + f0
     rows = rb * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     dd = db * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -110,20 +110,66 @@ def _anchor_aggregate_kernel(x_ptr, out_ptr, valid_ptr, keep_ptr, assign_ptr, f0
         res = tl.where(upd[:, None], _round_fp32_to_bf16_rne(blended), xi)
     else:
         res = tl.where(upd[:, None], blended.to(xi.dtype), xi)
-    tl.store(out_ptr + f * stride_xf + rows[:, None] * D + dd[None, :], res, mask=m2)
+    if COMPACT:
+        # kept rows only, straight into their output rows (offsets from the prefix sum of keep)
+        orow = tl.load(pos_ptr + f * N + rows, mask=rmask & ki, other=0)
+        tl.store(out_ptr + orow[:, None] * D + dd[None, :], res, mask=m2 & ki[:, None])
+        if db == 0:
+            tl.store(fidx_ptr + orow, tl.zeros_like(orow) + f, mask=rmask & ki)
+            tl.store(tidx_ptr + orow, rows.to(tl.int64), mask=rmask & ki)
+    else:
+        tl.store(out_ptr + f * stride_xf + rows[:, None] * D + dd[None, :], res, mask=m2)
 
 
 def assign_config(N: int) -> dict:
     return {"BLOCK_M": max(16, min(32, next_pow2(N))), "BLOCK_N": max(16, min(64, next_pow2(N))), "num_warps": 8}
 
 
+#: Largest anchor-row block: a frame of up to this many tokens is one row block, so each D block of
+#: its tokens is read from HBM once (LLaVA's 196-token frames); larger frames use 256-row blocks.
+AGG_MAX_BLOCK_M = 256
+
+
 def aggregate_config(N: int, D: int, dtype: torch.dtype) -> dict:
-    """Anchor rows per program: the whole frame when N <= 128 (x read once), else 128-row blocks."""
-    block_m = max(16, min(128, next_pow2(N)))
+    """Anchor rows per program: the whole frame when N <= 256 (x read once), else 256-row blocks."""
+    block_m = max(16, min(AGG_MAX_BLOCK_M, next_pow2(N)))
     block_n = max(16, min(32, next_pow2(N)))
-    block_d = max(16, min(64, next_pow2(D)))
+    block_d = max(16, min(64 if block_m <= 128 else 32, next_pow2(D)))
     warps = 8 if block_m >= 128 else 4
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps}
+
+
+def launch_assign(g, geo: Geometry, keep_u8, assign, f0: int, nf: int) -> None:
+    """Nearest kept token of every token of frames [f0, f0 + nf) from their Gram matrices ``g``."""
+    N = geo.N
+    ac = assign_config(N)
+    _anchor_assign_kernel[(nf, triton.cdiv(N, ac["BLOCK_M"]))](
+        g, geo.sq, geo.valid_u8, keep_u8, assign, f0, N, float(geo.D),
+        BLOCK_M=ac["BLOCK_M"], BLOCK_N=ac["BLOCK_N"], num_warps=ac["num_warps"],
+    )
+
+
+def launch_aggregate(x, out, keep_u8, assign, geo: Geometry, f0: int, nf: int, alpha: float,
+                     pos=None, fidx=None, tidx=None) -> None:
+    """Blend the kept rows of frames [f0, f0 + nf): into ``out`` (F, N, D) in place of x, or, with
+    ``pos`` (F, N) output rows, compacted into ``out`` (M, D) plus ``fidx``/``tidx`` (M,)."""
+    N, D = geo.N, geo.D
+    gc = aggregate_config(N, D, x.dtype)
+    compact = pos is not None
+    dummy = assign
+    _anchor_aggregate_kernel[(triton.cdiv(N, gc["BLOCK_M"]), triton.cdiv(D, gc["BLOCK_D"]), nf)](
+        x, out, pos if compact else dummy, fidx if compact else dummy, tidx if compact else dummy,
+        geo.valid_u8, keep_u8, assign, f0, N, D, N * D, one_minus(alpha), alpha,
+        BLOCK_M=gc["BLOCK_M"], BLOCK_N=gc["BLOCK_N"], BLOCK_D=gc["BLOCK_D"],
+        UPCAST=upcast_flag(_anchor_aggregate_kernel, x.dtype), INPUT_PRECISION=geo.input_precision,
+        ROUND_BF16=bool(kernel_interpreted(_anchor_aggregate_kernel) and x.dtype == torch.bfloat16),
+        COMPACT=compact, num_warps=gc["num_warps"],
+    )
+
+
+def one_minus(alpha: float) -> float:
+    """1 - alpha rounded to fp32 exactly as the reference's ``(1.0 - alpha) * xf`` sees it."""
+    return struct.unpack("f", struct.pack("f", 1.0 - alpha))[0]
 
 
 def anchor_aggregate_triton(x, keep, alpha: float = 0.5, valid=None, *, max_gram_elems: Optional[int] = None,
@@ -138,20 +184,7 @@ def anchor_aggregate_triton(x, keep, alpha: float = 0.5, valid=None, *, max_gram
     assign = torch.full((F, N), -1, dtype=torch.int64, device=x.device)
     out = torch.empty_like(x)
     geo = Geometry(x, valid, input_precision)
-    ac = assign_config(N)
-    gc = aggregate_config(N, D, x.dtype)
-    upcast = upcast_flag(_anchor_aggregate_kernel, x.dtype)
-    one_minus_a = float(torch.tensor(1.0 - alpha, dtype=torch.float32))
     for f0, f1, g in geo.chunks(max_gram_elems):
-        nf = f1 - f0
-        _anchor_assign_kernel[(nf, triton.cdiv(N, ac["BLOCK_M"]))](
-            g, geo.sq, geo.valid_u8, keep_u8, assign, f0, N,
-            BLOCK_M=ac["BLOCK_M"], BLOCK_N=ac["BLOCK_N"], num_warps=ac["num_warps"],
-        )
-        _anchor_aggregate_kernel[(nf, triton.cdiv(N, gc["BLOCK_M"]), triton.cdiv(D, gc["BLOCK_D"]))](
-            x, out, geo.valid_u8, keep_u8, assign, f0, N, D, N * D, one_minus_a, alpha,
-            BLOCK_M=gc["BLOCK_M"], BLOCK_N=gc["BLOCK_N"], BLOCK_D=gc["BLOCK_D"],
-            UPCAST=upcast, INPUT_PRECISION=input_precision, num_warps=gc["num_warps"],
-            ROUND_BF16=bool(kernel_interpreted(_anchor_aggregate_kernel) and x.dtype == torch.bfloat16),
-        )
+        launch_assign(g, geo, keep_u8, assign, f0, f1 - f0)
+        launch_aggregate(x, out, keep_u8, assign, geo, f0, f1 - f0, alpha)
     return out, assign

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._guard import check_k, check_k_keep, check_rho, check_tokens, check_valid
+from ..checks import check_k, check_k_keep, check_rho, check_tokens, check_valid
 from ..reference import _common
 from ..utils import check_triton_device, next_pow2
 from .frame_geometry import Geometry
@@ -36,12 +36,17 @@ FUSED_MAX_N = 256
 
 @triton.jit
 def _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df):
-    """Scaled squared distances of a (rows x cols) tile, the reference's formula, 0 diagonal."""
+    """Scaled squared distances of a (rows x cols) tile, the reference's formula, 0 diagonal.
+
+    (sq_i + sq_j) - 2 G_ij, then the duplicate rule (values <= 2^-16 * max(sq_i, sq_j) are 0,
+    ``reference._common.DUPLICATE_RTOL``), then / D with IEEE division.
+    """
     g = tl.load(g_f + rows[:, None] * N + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
     sqi = tl.load(sq_f + rows, mask=rmask, other=0.0)
     sqj = tl.load(sq_f + cols, mask=cmask, other=0.0)
     d2 = (sqi[:, None] + sqj[None, :]) + g * -2.0  # symmetric, as the reference
-    d2 = tl.maximum(d2, 0.0)
+    thr = tl.maximum(sqi[:, None], sqj[None, :]) * 0.0000152587890625  # DUPLICATE_RTOL = 2^-16
+    d2 = tl.where(d2 <= thr, 0.0, d2)
     d2 = tl.math.div_rn(d2, tl.zeros_like(d2) + Df)
     return tl.where(rows[:, None] == cols[None, :], 0.0, d2)
 
@@ -152,11 +157,37 @@ def _dpc_scores_kernel(
                             STORE_GAMMA, BLOCK_M, BLOCK_N)
 
 
+def use_fused_launch(N: int, frames: int, device: torch.device) -> bool:
+    """One CTA per frame (one launch) or one per (frame, row block) (two launches)?
+
+    The fused launch needs N <= FUSED_MAX_N; on a GPU it also needs enough frames to fill the
+    machine (at least twice the SM count), otherwise the row grid's extra parallelism wins. Under
+    the interpreter (CPU) the fused launch is used whenever N allows.
+    """
+    if N > FUSED_MAX_N:
+        return False
+    if device.type != "cuda":
+        return True
+    return frames >= 2 * _sm_count(device)
+
+
+_SM_COUNT = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
 def dpc_config(N: int, k: int) -> dict:
     """Block sizes / warps the wrappers launch ``_dpc_scores_kernel`` with (AOT uses it too)."""
     K = min(k, max(N - 1, 0))
     block_n = max(16, min(64, next_pow2(N)))
     block_m = max(16, min(32, next_pow2(N)))
+    if K >= 16 and N <= 32:  # AOT-checked: a (32 x 16) running top-k spilled 8 bytes on sm_90
+        block_m = 16
     # AOT-checked: 8 warps for the 32 < N <= 256 (fused) launches; 8 warps spilled 8-16 bytes on
     # sm_90 for N <= 32 (fused and rho row-grid) and for N > 256 (rho phase); 4 warps does not
     warps = 8 if 32 < N <= FUSED_MAX_N else 4

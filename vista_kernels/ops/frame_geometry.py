@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._guard import check_tokens, check_valid
-from ..utils import check_input_precision, check_triton_device, next_pow2, upcast_flag
+from ..checks import check_tokens, check_valid
+from ..utils import check_input_precision, check_triton_device, kernel_interpreted, next_pow2, upcast_flag
 
 #: Default bound on the elements of one (F_chunk, N, N) fp32 Gram buffer (256 MiB, as the reference).
 MAX_GRAM_ELEMS = 1 << 26
@@ -33,55 +33,69 @@ def _frame_geometry_kernel(
     x_ptr, valid_ptr, g_ptr, sq_ptr, msum_ptr, mcnt_ptr,
     f0, N, D, T, stride_xf,
     COMPUTE_GRAM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
-    fl = tl.program_id(0).to(tl.int64)  # frame within the chunk (Gram buffer index)
+    # grid = (tile pairs, frames): a frame's tiles are consecutive programs (its rows stay in L2).
+    # With COMPUTE_GRAM the tile axis enumerates the T(T+1)/2 pairs ti <= tj row by row; without,
+    # it is the T diagonal tiles.
+    pid = tl.program_id(0)
+    fl = tl.program_id(1).to(tl.int64)  # frame within the chunk (Gram buffer index)
     f = fl + f0  # frame in the video
-    ti = tl.program_id(1)
+    ti = pid * 0
+    rem = pid
     if COMPUTE_GRAM:
-        tj = tl.program_id(2)
+        while rem >= T - ti:
+            rem -= T - ti
+            ti += 1
+        tj = ti + rem
     else:
-        tj = ti
-    if tj >= ti:
-        ar = tl.arange(0, BLOCK_N)
-        ad = tl.arange(0, BLOCK_D)
-        rows_i = ti * BLOCK_N + ar
-        rows_j = tj * BLOCK_N + ar
-        mi = rows_i < N
-        mj = rows_j < N
-        diag = ti == tj
-        x_f = x_ptr + f * stride_xf
-        vi = tl.load(valid_ptr + f * N + rows_i, mask=mi, other=0) != 0
-        acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
-        sq_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + ad
-            md = dd < D
-            a = tl.load(x_f + rows_i[:, None] * D + dd[None, :], mask=mi[:, None] & md[None, :], other=0.0)
-            if UPCAST:
-                a = a.to(tl.float32)
-            if COMPUTE_GRAM:
-                if diag:
-                    b = a
-                else:
-                    b = tl.load(x_f + rows_j[:, None] * D + dd[None, :], mask=mj[:, None] & md[None, :], other=0.0)
-                    if UPCAST:
-                        b = b.to(tl.float32)
-                acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
-            if diag:
-                af = a.to(tl.float32)
-                sq_acc += tl.sum(af * af, axis=1)
-                ms = tl.sum(tl.where(vi[:, None], af, 0.0), axis=0)
-                tl.store(msum_ptr + (f * T + ti) * D + dd, ms, mask=md)
+        ti = pid
+        tj = pid
+    ar = tl.arange(0, BLOCK_N)
+    ad = tl.arange(0, BLOCK_D)
+    rows_i = ti * BLOCK_N + ar
+    rows_j = tj * BLOCK_N + ar
+    mi = rows_i < N
+    mj = rows_j < N
+    diag = ti == tj
+    x_f = x_ptr + f * stride_xf
+    vi = tl.load(valid_ptr + f * N + rows_i, mask=mi, other=0) != 0
+    acc = tl.zeros((BLOCK_N, BLOCK_N), dtype=tl.float32)
+    sq_acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + ad
+        md = dd < D
+        a = tl.load(x_f + rows_i[:, None] * D + dd[None, :], mask=mi[:, None] & md[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
         if COMPUTE_GRAM:
-            g_f = g_ptr + fl * N * N
-            m2 = mi[:, None] & mj[None, :]
-            tl.store(g_f + rows_i[:, None] * N + rows_j[None, :], acc, mask=m2)
-            if not diag:
-                tl.store(g_f + rows_j[None, :] * N + rows_i[:, None], acc, mask=m2)
+            if INTERPRETED and diag:
+                # the interpreter's dot is a BLAS call: a @ a.T (same array) is computed
+                # symmetrically, a separately loaded copy is not (edge micro-kernels differ)
+                b = a
+            else:
+                # loaded unconditionally on GPUs (diagonal tiles read their rows twice, from L1/L2)
+                # so the loop is software-pipelined with async copies
+                b = tl.load(x_f + rows_j[:, None] * D + dd[None, :], mask=mj[:, None] & md[None, :], other=0.0)
+                if UPCAST:
+                    b = b.to(tl.float32)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=INPUT_PRECISION)
         if diag:
-            tl.store(sq_ptr + f * N + rows_i, sq_acc, mask=mi)
-            tl.store(mcnt_ptr + f * T + ti, tl.sum(vi.to(tl.float32), axis=0))
+            af = a.to(tl.float32)
+            sq_acc += tl.sum(af * af, axis=1)
+            ms = tl.sum(tl.where(vi[:, None], af, 0.0), axis=0)
+            tl.store(msum_ptr + (f * T + ti) * D + dd, ms, mask=md)
+    if COMPUTE_GRAM:
+        if diag:  # exact symmetry whatever the dot's summation order: the upper triangle wins
+            acc = tl.where(ar[:, None] <= ar[None, :], acc, tl.trans(acc))
+        g_f = g_ptr + fl * N * N
+        m2 = mi[:, None] & mj[None, :]
+        tl.store(g_f + rows_i[:, None] * N + rows_j[None, :], acc, mask=m2)
+        if not diag:
+            tl.store(g_f + rows_j[None, :] * N + rows_i[:, None], acc, mask=m2)
+    if diag:
+        tl.store(sq_ptr + f * N + rows_i, sq_acc, mask=mi)
+        tl.store(mcnt_ptr + f * T + ti, tl.sum(vi.to(tl.float32), axis=0))
 
 
 @triton.jit
@@ -125,7 +139,11 @@ def geometry_config(N: int, D: int, dtype: torch.dtype) -> dict:
     if block_n < 64:
         warps = 4
     block_d = max(16, min(block_d, next_pow2(D)))
-    return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps}
+    return {"BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": warps, "num_stages": GEOMETRY_STAGES}
+
+
+#: Software-pipelining depth of the geometry kernel's D loop (async copies of the next tiles).
+GEOMETRY_STAGES = 3
 
 
 def cosine_config(T: int, D: int) -> dict:
@@ -162,12 +180,14 @@ class Geometry:
     def _launch(self, f0: int, nf: int, g: Optional[torch.Tensor]) -> None:
         cfg = self.cfg
         compute_gram = g is not None
-        grid = (nf, self.T, self.T if compute_gram else 1)
-        _frame_geometry_kernel[grid](
+        tiles = self.T * (self.T + 1) // 2 if compute_gram else self.T
+        _frame_geometry_kernel[(tiles, nf)](
             self.x, self.valid_u8, g if compute_gram else self.sq, self.sq, self.msum, self.mcnt,
             f0, self.N, self.D, self.T, self.N * self.D,
             COMPUTE_GRAM=compute_gram, BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-            UPCAST=self.upcast, INPUT_PRECISION=self.input_precision, num_warps=cfg["num_warps"],
+            UPCAST=self.upcast, INPUT_PRECISION=self.input_precision,
+            INTERPRETED=kernel_interpreted(_frame_geometry_kernel), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
 
     def means_only(self) -> None:

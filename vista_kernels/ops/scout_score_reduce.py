@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._guard import check_attn
+from ..checks import check_attn
 from ..utils import check_triton_device, next_pow2
 
 

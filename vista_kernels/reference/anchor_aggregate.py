@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .._guard import check_aggregate_args
+from ..checks import check_aggregate_args
 from ._common import frame_chunks
 
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .._guard import check_k, check_k_keep, check_rho, check_tokens, check_valid
+from ..checks import check_k, check_k_keep, check_rho, check_tokens, check_valid
 from ._common import frame_chunks, pairwise_sqdist, stable_topk_mask
 
 
@@ -47,7 +47,9 @@ def _delta_inplace(d2: torch.Tensor, rho: torch.Tensor, valid: torch.Tensor) -> 
     dmin = d2.amin(-1)
     has = higher.any(-1)
     delta2 = torch.where(has, dmin, dmax).clamp(min=0.0)
-    return delta2.sqrt().masked_fill(~valid, 0.0)
+    # sqrt in fp64 then rounded once: the correctly rounded fp32 sqrt on every libm and SIMD path
+    # (the Triton kernels use sqrt_rn), so delta is bit-identical across backends and machines
+    return delta2.double().sqrt().float().masked_fill(~valid, 0.0)
 
 
 def knn_density_torch(x: torch.Tensor, k: int = 7, valid: torch.Tensor | None = None) -> torch.Tensor:

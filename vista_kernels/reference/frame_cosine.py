@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._guard import check_tokens, check_valid
+from ..checks import check_tokens, check_valid
 
 _EPS = 1e-12
 
@@ -11,10 +11,10 @@ _EPS = 1e-12
 def frame_means_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """(F, D) fp32 mean of each frame's valid tokens (a frame with none gives a zero vector)."""
     x = check_tokens(x)
+    if valid is None:
+        return x.float().mean(1)
     valid = check_valid(valid, x)
     w = valid.to(torch.float32)
-    if bool(valid.all()):
-        return x.float().mean(1)
     s = torch.bmm(w[:, None, :], x.float()).squeeze(1)  # masked sum without an (F, N, D) temporary
     return s / w.sum(1, keepdim=True).clamp(min=1.0)
 

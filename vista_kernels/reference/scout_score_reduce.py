@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._guard import check_attn
+from ..checks import check_attn
 
 
 def scout_score_reduce_torch(attn: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,73 @@
 
 Each public op validates its arguments here before any math runs, so a malformed call fails with a
 ``ValueError``/``TypeError`` naming the argument instead of an ``IndexError`` deep inside a kernel.
+
+Shape, dtype and device checks are free (host metadata). Value checks (finite, not too large) read
+the data and synchronise with a GPU once: :func:`check_finite` scans any number of tensors with one
+host round trip, and callers that already scanned (``prune_video``) or whose inputs come from a
+model's projector pass ``finite=False`` / ``check_finite=False``. While ``torch.compile`` traces,
+value checks are skipped (they would break the graph).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import torch
 
 _STATE = threading.local()
+
+#: Largest |x| accepted in a token tensor of D dims: squared norms and Gram entries (up to
+#: 2 * D * max|x|^2) must stay finite in float32. ``token_limit(D)`` gives the bound.
+_FLT_MAX = float(torch.finfo(torch.float32).max)
+
+
+def token_limit(D: int) -> float:
+    """Largest |x| whose pairwise geometry cannot overflow float32 for D-dim tokens."""
+    return math.sqrt(_FLT_MAX / (4.0 * max(1, int(D))))
+
+
+def _compiling() -> bool:
+    try:
+        return bool(torch.compiler.is_compiling())
+    except AttributeError:  # pragma: no cover - old torch
+        return False
+
+
+def check_finite(limits=None, **named: torch.Tensor) -> None:
+    """Raise ValueError naming the first argument that holds NaN/inf (or, for names in
+    ``limits``, a magnitude above ``limits[name]``); one host synchronisation for all of them.
+
+    Args:
+        limits: optional dict name -> largest allowed |value|.
+        named: tensors to scan (None entries are skipped).
+    """
+    if _compiling():
+        return
+    items = [(k, v) for k, v in named.items() if isinstance(v, torch.Tensor) and v.numel()]
+    if not items:
+        return
+    limits = limits or {}
+    flags = []
+    for name, t in items:
+        lo, hi = torch.aminmax(t.detach())
+        lo, hi = lo.float(), hi.float()
+        ok = torch.isfinite(lo) & torch.isfinite(hi)
+        if name in limits:
+            ok = ok & (torch.maximum(-lo, hi) <= limits[name])
+        flags.append(ok.reshape(1))
+    bad = (~torch.cat(flags)).tolist()  # the one sync
+    for (name, t), b in zip(items, bad):
+        if b:
+            lo, hi = torch.aminmax(t.detach())
+            if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+                raise ValueError(f"{name} contains NaN or inf values")
+            raise ValueError(
+                f"{name} has values up to {max(-float(lo), float(hi)):.3g} in magnitude; the pairwise "
+                f"geometry needs |{name}| <= {limits[name]:.3g} (float32 squares of {t.shape[-1]}-dim tokens "
+                "would overflow): rescale the tokens"
+            )
 
 
 @contextlib.contextmanager
@@ -27,7 +85,7 @@ def trusted_inputs():
 
 def all_finite(t: torch.Tensor) -> bool:
     """True when ``t`` holds no NaN/inf (one aminmax pass: NaN and inf propagate to min/max)."""
-    if t.numel() == 0:
+    if t.numel() == 0 or _compiling():
         return True
     lo, hi = torch.aminmax(t)
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
@@ -48,8 +106,8 @@ def check_tokens(x, name: str = "x", finite: bool = True) -> torch.Tensor:
         raise ValueError(f"{name} is on the meta device; pass a tensor with data (CPU or CUDA)")
     if x.shape[1] < 1 or x.shape[2] < 1:
         raise ValueError(f"{name} must have N >= 1 tokens and D >= 1 dims, got shape {tuple(x.shape)}")
-    if finite and not getattr(_STATE, "trusted", False) and not all_finite(x):
-        raise ValueError(f"{name} contains NaN or inf values")
+    if finite and not getattr(_STATE, "trusted", False):
+        check_finite(limits={name: token_limit(x.shape[-1])}, **{name: x})
     return x
 
 
@@ -134,7 +192,22 @@ def check_k_keep(k_keep, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return k_keep
 
 
-def check_scores(scores, x: torch.Tensor, name: str = "scout_scores") -> torch.Tensor:
+def check_counts(counts, x: torch.Tensor, name: str) -> torch.Tensor:
+    """``counts``: an integer tensor of shape (F,) on x's device; returned as int64 (values are not
+    read: that would synchronise with a GPU)."""
+    F = x.shape[0]
+    if not isinstance(counts, torch.Tensor):
+        raise TypeError(f"{name} must be an integer tensor of shape (F,) = ({F},), got {type(counts).__name__}")
+    if counts.dtype.is_floating_point or counts.dtype == torch.bool or counts.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got dtype {counts.dtype}")
+    if tuple(counts.shape) != (F,):
+        raise ValueError(f"{name} must have shape (F,) = ({F},), got {tuple(counts.shape)}")
+    if counts.device != x.device:
+        raise ValueError(f"{name} is on {counts.device} but x is on {x.device}; put both on the same device")
+    return counts.to(torch.int64)
+
+
+def check_scores(scores, x: torch.Tensor, name: str = "scout_scores", finite: bool = True) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (T, N), got {type(scores).__name__}")
     if not scores.is_floating_point():
@@ -143,7 +216,7 @@ def check_scores(scores, x: torch.Tensor, name: str = "scout_scores") -> torch.T
         raise ValueError(f"{name} must have shape (T, N) = {tuple(x.shape[:2])}, got {tuple(scores.shape)}")
     if scores.device != x.device:
         raise ValueError(f"{name} is on {scores.device} but x is on {x.device}; put both on the same device")
-    if not all_finite(scores):
+    if finite and not all_finite(scores):
         raise ValueError(f"{name} contains NaN or inf values")
     return scores
 
