@@ -20,13 +20,14 @@ Objective (Eq. 13), for a micro-batch of B region phrases and their images::
   negative image are drawn from ``multinomial(softmax(logits))`` over the *non-positive* entries of
   the ITC similarity row/column (never the positive). B positive + 2B negative pairs go through the
   text-conditioned Q-Former; ``itm_head`` averaged over the query outputs gives 2-way logits.
-* **Soft top-K alignment** (Eqs. 14-15) — S (B, P): cross-attention of the (question-conditioned)
-  queries to the P image patches in the last Q-Former cross-attention layer of the positive ITM
-  pairs, averaged over heads and queries (the ViT's CLS key is dropped). τ = K-th largest S_i
-  (K = min(K, P)); m_i = σ((S_i − τ)/T); w = m⊙S / Σ(m⊙S); v_key = Σ_i w_i·patch_i (B, D_v);
+* **Soft top-K alignment** (Eqs. 14-15) — S (B, P): cross-attention probabilities of the
+  (question-conditioned) queries to the P image patches in the last Q-Former cross-attention layer
+  of the positive ITM pairs, taken *before* attention dropout (the scout's own probabilities, not
+  transformers' post-dropout weights) and reduced as at inference (eq. 6: sum over queries of the
+  max over heads; the ViT's CLS key is dropped). τ = K-th largest S_i (K = min(K, P));
+  m_i = σ((S_i − τ)/T); w = m⊙S / Σ(m⊙S); v_key = Σ_i w_i·patch_i (B, D_v);
   L_Align = mean_b [1 − cos(Φ(v_key), t_feat)], t_feat the ITC text feature of the phrase.
-  (``mask_score_norm="max"`` builds the mask from S / max S instead: attention probabilities are
-  ~1/P, so with T = 0.1 the literal mask is close to 0.5 on every patch.)
+  (``mask_score_norm="max"`` builds the mask from S / max S instead, a scale-free variant.)
 
 Data: Visual Genome ``region_descriptions.json`` plus image folder(s) holding ``{image_id}.jpg``;
 see :func:`load_region_descriptions`. Training pairs are (whole image, region phrase).
@@ -52,6 +53,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass
 from numbers import Real
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -118,7 +120,7 @@ class ScoutTrainConfig:
     alpha: float = 2.0
     top_k: int = 64
     mask_temperature: float = 0.1
-    mask_score_norm: str = "none"  # "none" (paper) | "max": S / max(S) before the soft top-K mask
+    mask_score_norm: str = "none"  # "none" (paper: S on eq. 6's scale) | "max": S / max(S) before the mask
     itc_temperature: float = 0.07
     projector_hidden: Optional[int] = None  # None = vision width
     projector_dropout: float = 0.1
@@ -474,9 +476,11 @@ def load_projector(directory: str, device=None) -> KeyTokenProjector:
 
 
 def patch_importance(cross_attention: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """S: cross-attention (B, heads, N_q, N_kv) -> mean over heads and queries -> (B, N_kv - prefix).
+    """S: cross-attention (B, heads, N_q, N_kv) -> Σ over queries of the max over heads -> (B, N_kv - prefix).
 
-    ``num_prefix_tokens`` leading keys (the ViT's CLS token) are not patches and are dropped.
+    The reduction and scale of PAPER eq. 6 (what the scout computes at inference), so the soft
+    top-K mask σ((S − τ)/T) sees the same scores inference ranks by. ``num_prefix_tokens`` leading
+    keys (the ViT's CLS token) are not patches and are dropped.
     """
     if not isinstance(cross_attention, torch.Tensor) or cross_attention.dim() != 4:
         raise ValueError(
@@ -485,7 +489,7 @@ def patch_importance(cross_attention: torch.Tensor, num_prefix_tokens: int = 1) 
         )
     if not _is_int(num_prefix_tokens) or not 0 <= num_prefix_tokens < cross_attention.shape[-1]:
         raise ValueError(f"num_prefix_tokens must be in [0, {cross_attention.shape[-1]}), got {num_prefix_tokens!r}")
-    return cross_attention.float().mean(dim=(1, 2))[:, num_prefix_tokens:]
+    return cross_attention.float()[..., num_prefix_tokens:].amax(dim=1).sum(dim=1)
 
 
 def soft_topk_mask(scores: torch.Tensor, k: int, temperature: float = 0.1) -> torch.Tensor:
@@ -518,9 +522,9 @@ def key_visual_feature(
 
     w = m ⊙ S / Σ_i (m ⊙ S)_i with m = :func:`soft_topk_mask` (S, k, T); v_key = Σ_i w_i · patch_i.
     ``scores`` (B, P) must be finite and non-negative (attention probabilities are).
-    ``score_norm="max"`` computes the mask from S / max_i S_i instead (attention probabilities are
-    ~1/P, so with T = 0.1 the literal mask stays close to 0.5 everywhere); w is unchanged by the
-    rescaling otherwise.
+    ``score_norm="max"`` computes the mask from S / max_i S_i instead (a scale-free variant; with
+    S on eq. 6's scale, see :func:`patch_importance`, the default already gives a real soft top-K);
+    w is unchanged by the rescaling otherwise.
     """
     if not isinstance(patch_embeds, torch.Tensor) or patch_embeds.dim() != 3:
         raise ValueError("patch_embeds must be a (B, P, D) tensor")
@@ -607,14 +611,10 @@ def sample_hard_negatives(
 
 
 def freeze_vision_encoder(model) -> None:
-    """Vision encoder: requires_grad False and eval mode; Q-Former cross-attention set to eager so
-    its attention probabilities can be returned."""
+    """Vision encoder: requires_grad False and eval mode. (The Q-Former keeps its attention
+    implementation: the scored probabilities are formed explicitly, see :func:`_qformer_itm`.)"""
     model.vision_model.requires_grad_(False)
     model.vision_model.eval()
-    try:
-        model.qformer.set_attn_implementation("eager")
-    except Exception:  # older transformers: fall back to the config flag
-        model.qformer.config._attn_implementation = "eager"
 
 
 def _set_train_mode(model, projector, training: bool) -> None:
@@ -645,27 +645,26 @@ def _qformer_text_features(model, input_ids: torch.Tensor, attention_mask: torch
     return F.normalize(model.text_projection(cls.to(model.text_projection.weight.dtype)).float(), dim=-1)
 
 
+def _last_cross_attention_layer(model) -> int:
+    layers = model.qformer.encoder.layer
+    idx = [i for i, layer in enumerate(layers) if getattr(layer, "has_cross_attention", False)]
+    if not idx:
+        raise ValueError("the model's Q-Former has no cross-attention layer")
+    return idx[-1]
+
+
 def _qformer_itm(model, image_embeds, input_ids, attention_mask):
-    """Text-conditioned Q-Former. Returns ITM logits (B, 2) and the last cross-attention
-    (B, heads, N_q, 1+P)."""
-    B = image_embeds.shape[0]
-    q = model.query_tokens.expand(B, -1, -1)
-    nq = q.shape[1]
-    emb = model.embeddings(input_ids=input_ids, query_embeds=q)
-    am = torch.cat([torch.ones(B, nq, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], 1)
-    ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-    out = model.qformer(
-        query_embeds=emb, query_length=nq, attention_mask=am,
-        encoder_hidden_states=image_embeds, encoder_attention_mask=ones,
-        output_attentions=True, return_dict=True,
-    )
-    hidden = out.last_hidden_state[:, :nq, :]
+    """Text-conditioned Q-Former. Returns ITM logits (B, 2) and the last cross-attention layer's
+    probabilities (B, heads, N_q, P), formed before attention dropout, the ViT's CLS key dropped
+    (see :func:`vista.scout.scout.qformer_scored_attention`)."""
+    from .scout import qformer_scored_attention
+
+    nq = model.query_tokens.shape[1]
+    cross, out = qformer_scored_attention(model, _last_cross_attention_layer(model), image_embeds, input_ids,
+                                          attention_mask, full_forward=True)
+    hidden = out[:, :nq, :]
     logits = model.itm_head(hidden.to(model.itm_head.weight.dtype)).float().mean(dim=1)
-    cross = out.cross_attentions
-    if not cross or cross[-1] is None:
-        raise RuntimeError("the Q-Former returned no cross-attentions; it must run with eager attention "
-                           "(call freeze_vision_encoder(model) first)")
-    return logits, cross[-1]
+    return logits, cross
 
 
 def compute_scout_losses(
@@ -727,7 +726,7 @@ def compute_scout_losses(
     loss_itm = F.cross_entropy(itm_logits, labels)
 
     # soft top-K alignment on the positive pairs
-    S = patch_importance(cross[:B], num_prefix_tokens=1)  # (B, P)
+    S = patch_importance(cross[:B], num_prefix_tokens=0)  # (B, P), eq. 6 scale; CLS already dropped
     v_key = key_visual_feature(image_embeds[:, 1:, :], S, config.top_k, config.mask_temperature,
                                score_norm=config.mask_score_norm)
     key_feat = projector(v_key.to(next(projector.parameters()).dtype)).float()
@@ -1277,7 +1276,9 @@ def read_trainer_state(path) -> dict:
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path!r} is empty (0 bytes): the checkpoint was not written completely; {hint}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on a pickle protocol it does not default to
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()
         why = next((ln.strip() for ln in first if "Unsupported" in ln or "global" in ln.lower()), first[0] if first else "")
@@ -1461,7 +1462,8 @@ def add_train_scout_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--mask-temperature", type=float, default=d.mask_temperature)
     p.add_argument("--mask-score-norm", choices=("none", "max"), default=d.mask_score_norm,
-                   help="'max': rescale S to max 1 before the soft top-K mask (default: paper, none)")
+                   help="'max': rescale S to max 1 before the soft top-K mask (default: %(default)s, the "
+                        "paper's mask on eq. 6 scores)")
     p.add_argument("--itc-temperature", type=float, default=d.itc_temperature)
     p.add_argument("--projector-hidden", type=int, default=None)
     p.add_argument("--projector-dropout", type=float, default=d.projector_dropout)
