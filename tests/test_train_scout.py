@@ -271,6 +271,60 @@ def test_patch_importance_is_eq6_max_over_heads_sum_over_queries_and_drops_cls()
         T.patch_importance(torch.zeros(2, 3, 4))
 
 
+def _tiny_scout_inputs(n=4):
+    from vista.scout import build_tiny_scout
+
+    sc = build_tiny_scout(seed=0)
+    g = torch.Generator().manual_seed(0)
+    pv = sc.preprocess(torch.rand(n, 3, 224, 224, generator=g))
+    ids, am = sc.tokenize(["what is the man holding", "a red car on the left", "who is there", "the dog"][:n])
+    with torch.no_grad():
+        img = sc.model.vision_model(pixel_values=pv).last_hidden_state
+    return sc, img, ids, am
+
+
+def test_default_soft_topk_mask_is_a_real_top_k_on_the_tiny_scout():
+    """S on eq. 6's scale (Σ queries, max heads): σ((S − τ)/T) spans most of (0, 1) and exactly K
+    patches reach 0.5; the old mean over heads and queries (S ≈ 1/P) left the mask ≈ 0.5 everywhere."""
+    sc, img, ids, am = _tiny_scout_inputs()
+    with torch.no_grad():
+        _, cross = T._qformer_itm(sc.model, img, ids, am)
+    assert cross.shape == (4, 4, 8, 256)
+    S = T.patch_importance(cross, num_prefix_tokens=0)
+    cfg = T.ScoutTrainConfig()
+    for K, low in ((cfg.top_k, 0.35), (16, 0.05)):
+        m = T.soft_topk_mask(S, K, cfg.mask_temperature)
+        assert ((m >= 0.5).sum(1) == K).all(), (K, (m >= 0.5).sum(1))
+        assert (m.amax(1) > 0.95).all() and (m.amin(1) < low).all(), (K, m.amin(1), m.amax(1))
+    m_old = T.soft_topk_mask(cross.mean(dim=(1, 2)), cfg.top_k, cfg.mask_temperature)
+    assert float(m_old.max() - m_old.min()) < 0.2  # what the mean reduction gave: no top-K at all
+
+
+def test_mask_scores_are_pre_dropout_probabilities_in_training():
+    from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerMultiHeadAttention
+
+    sc, img, ids, am = _tiny_scout_inputs()
+    model = sc.model
+    for mod in model.qformer.modules():
+        if isinstance(mod, Blip2QFormerMultiHeadAttention):
+            mod.attention_dropout = 0.0
+        elif isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    scored = model.qformer.encoder.layer[-1].crossattention.attention
+    scored.attention_dropout = 0.5  # only the scored layer's attention probabilities see dropout
+    with torch.no_grad():
+        model.eval()
+        logits_eval, cross_eval = T._qformer_itm(model, img, ids, am)
+        model.train()
+        torch.manual_seed(0)
+        logits_train, cross_train = T._qformer_itm(model, img, ids, am)
+        model.eval()
+    assert (logits_train - logits_eval).abs().max() > 1e-4  # dropout did act on the forward ...
+    torch.testing.assert_close(cross_train, cross_eval, rtol=1e-6, atol=1e-7)  # ... but not on S's input
+    with torch.no_grad():
+        torch.testing.assert_close(cross_eval, sc._scored_attention(img, ids, am), rtol=0, atol=0)  # = inference
+
+
 # --------------------------------------------------------------------------------------------------
 # hard negatives
 
