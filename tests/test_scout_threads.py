@@ -3,7 +3,8 @@
 * the scored cross-attention equals the former hook-based capture (re-implemented here as the
   reference, single-threaded);
 * 4 threads x 3 calls on one scout, and on a patched LLaVA-OneVision / Qwen2.5-VL with that scout,
-  each thread with its own question, give exactly the single-threaded results.
+  each thread with its own question (two videos of different sizes among them), give exactly the
+  single-threaded results.
 """
 import threading
 import warnings
@@ -140,13 +141,18 @@ def test_concurrent_scores_on_one_scout_equal_single_threaded(scout):
 def test_concurrent_generate_with_a_scout_equals_single_threaded(tmp_path_factory, scout, family):
     build = {"llava_onevision": build_tiny_llava_onevision, "qwen2_5_vl": build_tiny_qwen2_5_vl}[family]
     model, proc = load_quiet(save_tiny(tmp_path_factory, f"threads_{family}", build))
-    video = random_video(4, 48, 48, seed=3) if family == "llava_onevision" else random_video(8, 112, 112, seed=5)
+    if family == "llava_onevision":
+        videos = [random_video(4, 48, 48, seed=3), random_video(4, 48, 48, seed=4, scenes=3)]
+    else:  # two grids: the two videos give different token counts and rope deltas
+        videos = [random_video(8, 112, 112, seed=5), random_video(8, 84, 140, seed=6, scenes=3)]
     apply_vista(model, VistaConfig(retention=0.25), scout=scout, processor=proc)
     batches = []
-    for q in QUESTIONS:
+    for i, q in enumerate(QUESTIONS):  # threads 0, 2 on one video, 1, 3 on the other
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            batches.append(inputs(proc, [video], [q]))
+            batches.append(inputs(proc, [videos[i % 2]], [q]))
+
+    assert batches[0]["input_ids"].shape != batches[1]["input_ids"].shape  # the two videos differ in tokens
 
     def one(i):
         seq, lg = greedy(model, batches[i], n=2)
@@ -155,7 +161,7 @@ def test_concurrent_generate_with_a_scout_equals_single_threaded(tmp_path_factor
 
     alone = [one(i) for i in range(len(QUESTIONS))]
     assert len({a[3] for a in alone}) == len(QUESTIONS)  # each run read its own prompt's question
-    assert any(not torch.equal(alone[0][2], a[2]) for a in alone[1:])  # the scout makes questions matter
+    assert not torch.equal(alone[0][2], alone[2][2])  # same video, other question: the scout made it matter
 
     results, errors = _run_threads(lambda i, c: one(i))
     assert not errors, errors
