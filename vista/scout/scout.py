@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import threading
 import warnings
@@ -163,12 +164,20 @@ def load_scout_model(path, dtype=None, device=None, attn_implementation: str = "
         raise TypeError(f"attn_implementation must be a str, got {type(attn_implementation).__name__}")
     src = _local_or_repo(path)
     try:
-        model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation=attn_implementation)
-    except (ImportError, ValueError) as e:
-        if attn_implementation == "sdpa":
-            raise
-        warnings.warn(f"attn_implementation={attn_implementation!r} is unavailable for the scout ({e}); using sdpa")
-        model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+        try:
+            model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation=attn_implementation)
+        except (ImportError, ValueError) as e:
+            if attn_implementation == "sdpa":
+                raise
+            warnings.warn(f"attn_implementation={attn_implementation!r} is unavailable for the scout ({e}); using sdpa")
+            model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+    except pickle.UnpicklingError as e:  # transformers reads *.bin weights with torch.load(weights_only=True)
+        why = str(e).strip().splitlines()
+        why = next((ln.strip() for ln in why if "Unsupported" in ln or "GLOBAL" in ln), why[0] if why else "")
+        raise ScoutCheckpointError(
+            f"scout checkpoint {src!r}: the pytorch_model.bin weights hold objects other than tensors and were "
+            f"refused without running anything ({why}); use a checkpoint saved as model.safetensors"
+        ) from None
     _keep_qformer_fp32(model)
     return model.to(device).eval()
 
