@@ -781,6 +781,7 @@ def test_resume_auto_skips_a_checkpoint_killed_mid_save_and_truncates_the_log(en
     open(os.path.join(out, ".tmp-checkpoint-4-12345", "model.safetensors"), "wb").close()
     with open(os.path.join(out, "log.jsonl"), "a") as fh:
         fh.write('{"step": 4, "spl')
+    os.makedirs(os.path.join(out, ".tmp-notes"))  # not ours: left alone
     capsys.readouterr()
     hist = T.train_scout(env["model"], env["regions"], env["images"], out, run_a["cfg"], device="cpu",
                          resume_from="auto")
@@ -791,14 +792,17 @@ def test_resume_auto_skips_a_checkpoint_killed_mid_save_and_truncates_the_log(en
     for k in ("itm", "itc", "align", "total", "lr"):
         assert rec[3][k] == run_a["rec"][3][k], k  # bit-exact on CPU
     assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]  # no duplicate, no torn line
-    assert not [n for n in os.listdir(out) if n.startswith(".")]  # temporary folders cleaned up
+    assert [n for n in os.listdir(out) if n.startswith(".")] == [".tmp-notes"]  # ours cleaned up
     assert T.read_trainer_state(os.path.join(out, "checkpoint-3", T.TRAINER_STATE_NAME))["step"] == 3
     # every checkpoint damaged: a fresh start (with a note), never an internal error
-    for n in ("checkpoint-1", "checkpoint-2", "checkpoint-3"):
+    for n in ("checkpoint-1", "checkpoint-2"):
         os.remove(os.path.join(out, n, "model.safetensors"))
+    with open(os.path.join(out, "checkpoint-3", T.TRAINER_STATE_NAME), "r+b") as fh:
+        fh.truncate(100)
     hist = T.train_scout(env["model"], env["regions"], env["images"], out, run_a["cfg"], device="cpu",
                          resume_from="auto")
     err = capsys.readouterr().err
+    assert "trainer_state.pt is truncated or corrupt" in err
     assert err.count("skipping") == 3 and "model.safetensors is missing" in err and "starting from" in err
     assert sorted(_train_records(hist)) == [1, 2, 3]
     assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]

@@ -660,7 +660,7 @@ class SemanticScout:
             (B, num_query_tokens + L, hidden) as the ITM head reads it.
         """
         m = self.model
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+        if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
         if input_ids.dim() != 2 or input_ids.shape[0] != pixel_values.shape[0]:
             raise ValueError(

@@ -52,6 +52,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -1209,12 +1210,16 @@ def _write_dir_atomically(final: str, write) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_TEMPORARY_NAME = re.compile(r"^\.(tmp|old)-(checkpoint-\d+|best|result)-\d+$")
+
+
 def _remove_stale_temporaries(output_dir: str) -> None:
-    """Delete the temporary folders a killed run left in ``output_dir``."""
+    """Delete the temporary folders a killed run left in ``output_dir`` (only names this module
+    makes: ``.tmp-``/``.old-`` + ``checkpoint-N``/``best``/``result`` + ``-<pid>``)."""
     if not os.path.isdir(output_dir):
         return
     for name in os.listdir(output_dir):
-        if name.startswith((_TMP_PREFIX, _OLD_PREFIX)) and os.path.isdir(os.path.join(output_dir, name)):
+        if _TEMPORARY_NAME.match(name) and os.path.isdir(os.path.join(output_dir, name)):
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
@@ -1329,10 +1334,14 @@ def _checkpoint_problem(directory: str) -> Tuple[Optional[str], Optional[dict]]:
                     f.get_slice(k)
     except Exception as e:  # noqa: BLE001 - any reader error means a damaged file
         return f"{name} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None
+    path = os.path.join(directory, TRAINER_STATE_NAME)
     try:
-        state = read_trainer_state(os.path.join(directory, TRAINER_STATE_NAME))
+        state = read_trainer_state(path)
     except ValueError as e:
-        return str(e).split(": ", 1)[-1].split("; delete")[0], None
+        msg = str(e)
+        if msg.startswith(repr(path)):
+            msg = TRAINER_STATE_NAME + msg[len(repr(path)):]
+        return msg.split("; delete that checkpoint")[0], None
     return None, state
 
 
