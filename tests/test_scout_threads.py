@@ -152,7 +152,8 @@ def test_concurrent_generate_with_a_scout_equals_single_threaded(tmp_path_factor
             warnings.simplefilter("ignore")
             batches.append(inputs(proc, [videos[i % 2]], [q]))
 
-    assert batches[0]["input_ids"].shape != batches[1]["input_ids"].shape  # the two videos differ in tokens
+    if family == "qwen2_5_vl":  # the two videos differ in token count (and in rope deltas)
+        assert batches[0]["input_ids"].shape != batches[1]["input_ids"].shape
 
     def one(i):
         seq, lg = greedy(model, batches[i], n=2)
