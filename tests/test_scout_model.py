@@ -290,9 +290,7 @@ def test_planted_pickle_weights_are_refused_and_never_run(ckpt, tmp_path):
     shutil.copytree(ckpt, bad)
     os.remove(bad / "model.safetensors")
     marker = str(tmp_path / "payload-ran")
-    import torch as _torch
-
-    _torch.save({"query_tokens": _Payload(marker)}, bad / "pytorch_model.bin")
+    torch.save({"query_tokens": _Payload(marker)}, bad / "pytorch_model.bin")
     with pytest.raises(ScoutCheckpointError, match="refused without running anything"):
         SemanticScout.from_pretrained(bad)
     assert not os.path.exists(marker)
