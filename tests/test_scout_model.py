@@ -273,3 +273,24 @@ def test_cuda_bf16_matches_cpu(ckpt, scout):
     assert torch.corrcoef(torch.stack([a.cpu().flatten(), b.flatten()]))[0, 1] > 0.95
     batched = gpu.scores_batch([v, v.cuda()], [Q1, Q2])
     torch.testing.assert_close(batched[0], a, rtol=1e-3, atol=1e-3)
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(path)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_planted_pickle_weights_are_refused_and_never_run(ckpt, tmp_path):
+    bad = tmp_path / "bad_scout"
+    shutil.copytree(ckpt, bad)
+    os.remove(bad / "model.safetensors")
+    marker = str(tmp_path / "payload-ran")
+    torch.save({"query_tokens": _Payload(marker)}, bad / "pytorch_model.bin")
+    with pytest.raises(ScoutCheckpointError, match="refused without running anything"):
+        SemanticScout.from_pretrained(bad)
+    assert not os.path.exists(marker)

@@ -254,15 +254,75 @@ def test_soft_topk_bad_arguments():
         T.key_visual_feature(torch.rand(2, 5, 3), -torch.rand(2, 5), k=2)
 
 
-def test_patch_importance_averages_heads_and_queries_and_drops_cls():
+def test_patch_importance_is_eq6_max_over_heads_sum_over_queries_and_drops_cls():
     a = torch.zeros(1, 2, 3, 5)
     a[0, 0, :, 1] = 1.0  # head 0: every query on patch 0 (key 1)
     a[0, 1, 0, 4] = 1.0  # head 1, query 0: patch 3
     a[0, 1, 1:, 0] = 1.0  # head 1, queries 1,2: CLS
+    a[0, 1, 1, 2] = 0.25  # head 1, query 1: a bit on patch 1
     S = T.patch_importance(a)
-    assert torch.allclose(S, torch.tensor([[0.5, 0.0, 0.0, 1 / 6]]))
+    # Σ_queries max_heads: patch 0 -> 3 · 1, patch 1 -> 0.25, patch 2 -> 0, patch 3 -> 1 (query 0 only)
+    assert torch.allclose(S, torch.tensor([[3.0, 0.25, 0.0, 1.0]]))
+    import vista_kernels as vk
+
+    torch.testing.assert_close(S, vk.scout_score_reduce(a[..., 1:].contiguous()), rtol=0, atol=1e-6)  # = inference
+    assert torch.allclose(T.patch_importance(a[..., 1:], num_prefix_tokens=0), S)
     with pytest.raises(ValueError, match="cross_attention"):
         T.patch_importance(torch.zeros(2, 3, 4))
+
+
+def _tiny_scout_inputs(n=4):
+    from vista.scout import build_tiny_scout
+
+    sc = build_tiny_scout(seed=0)
+    g = torch.Generator().manual_seed(0)
+    pv = sc.preprocess(torch.rand(n, 3, 224, 224, generator=g))
+    ids, am = sc.tokenize(["what is the man holding", "a red car on the left", "who is there", "the dog"][:n])
+    with torch.no_grad():
+        img = sc.model.vision_model(pixel_values=pv).last_hidden_state
+    return sc, img, ids, am
+
+
+def test_default_soft_topk_mask_is_a_real_top_k_on_the_tiny_scout():
+    """S on eq. 6's scale (Σ queries, max heads): σ((S − τ)/T) spans most of (0, 1) and exactly K
+    patches reach 0.5; the old mean over heads and queries (S ≈ 1/P) left the mask ≈ 0.5 everywhere."""
+    sc, img, ids, am = _tiny_scout_inputs()
+    with torch.no_grad():
+        _, cross = T._qformer_itm(sc.model, img, ids, am)
+    assert cross.shape == (4, 4, 8, 256)
+    S = T.patch_importance(cross, num_prefix_tokens=0)
+    cfg = T.ScoutTrainConfig()
+    for K, low in ((cfg.top_k, 0.35), (16, 0.05)):
+        m = T.soft_topk_mask(S, K, cfg.mask_temperature)
+        assert ((m >= 0.5).sum(1) == K).all(), (K, (m >= 0.5).sum(1))
+        assert (m.amax(1) > 0.95).all() and (m.amin(1) < low).all(), (K, m.amin(1), m.amax(1))
+    m_old = T.soft_topk_mask(cross.mean(dim=(1, 2)), cfg.top_k, cfg.mask_temperature)
+    assert float(m_old.max() - m_old.min()) < 0.2  # what the mean reduction gave: no top-K at all
+
+
+def test_mask_scores_are_pre_dropout_probabilities_in_training():
+    from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerMultiHeadAttention
+
+    sc, img, ids, am = _tiny_scout_inputs()
+    model = sc.model
+    for mod in model.qformer.modules():
+        if isinstance(mod, Blip2QFormerMultiHeadAttention):
+            mod.attention_dropout = 0.0
+        elif isinstance(mod, torch.nn.Dropout):
+            mod.p = 0.0
+    scored = model.qformer.encoder.layer[-1].crossattention.attention
+    scored.attention_dropout = 0.5  # only the scored layer's attention probabilities see dropout
+    with torch.no_grad():
+        model.eval()
+        logits_eval, cross_eval = T._qformer_itm(model, img, ids, am)
+        model.train()
+        torch.manual_seed(0)
+        logits_train, cross_train = T._qformer_itm(model, img, ids, am)
+        model.eval()
+    assert (logits_train - logits_eval).abs().max() > 1e-4  # dropout did act on the forward ...
+    torch.testing.assert_close(cross_train, cross_eval, rtol=1e-6, atol=1e-7)  # ... but not on S's input
+    with torch.no_grad():
+        torch.testing.assert_close(cross_eval, sc._scored_attention(img, ids, am), rtol=0, atol=0)  # = inference
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,7 +622,7 @@ def test_resume_from_a_checkpoint_without_the_new_keys(env, run_a, tmp_path):
     old = str(tmp_path / "old-checkpoint-2")
     shutil.copytree(run_a["ckpt"], old)
     path = os.path.join(old, "trainer_state.pt")
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     del state["train_fingerprint"], state["max_steps"]
     torch.save(state, path)
     trainer = _trainer(env, tmp_path, dataclasses.replace(run_a["cfg"], max_steps=9))
@@ -622,3 +682,199 @@ def test_train_from_build_tiny_scout_and_score_with_the_result(env, tmp_path):
     assert s_after.shape == s_before.shape and torch.isfinite(s_after).all()
     assert not torch.equal(s_after, s_before)  # the Q-Former did change
     assert T.load_projector(out).in_dim == 32
+
+
+# --------------------------------------------------------------------------------------------------
+# nothing executed from a file (issue 14.1), nothing lost on a kill (issue 14.2)
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(path): what a planted trainer_state.pt could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _copy_checkpoint(run_a, tmp_path, name="checkpoint-2"):
+    import shutil
+
+    dst = str(tmp_path / name)
+    shutil.copytree(run_a["ckpt"], dst)
+    return dst
+
+
+def test_genuine_trainer_state_loads_with_weights_only(run_a):
+    state = torch.load(os.path.join(run_a["ckpt"], T.TRAINER_STATE_NAME), weights_only=True)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (2, 0, 2)
+    assert isinstance(state["torch_rng"], torch.Tensor) and isinstance(state["neg_generator"], torch.Tensor)
+    assert state["config"]["seed"] == 0 and state["optimizer"]["state"]
+    assert T.read_trainer_state(os.path.join(run_a["ckpt"], T.TRAINER_STATE_NAME))["step"] == 2
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_planted_pickle_is_refused_and_never_runs(env, run_a, tmp_path, how, capsys):
+    import pickle
+
+    from vista.cli import main
+
+    ckpt = _copy_checkpoint(run_a, tmp_path)
+    marker = str(tmp_path / "payload-ran")
+    state_path = os.path.join(ckpt, T.TRAINER_STATE_NAME)
+    planted = {"step": 2, "optimizer": _Payload(marker)}
+    if how == "torch.save":
+        torch.save(planted, state_path)
+    else:
+        with open(state_path, "wb") as fh:
+            pickle.dump(planted, fh)
+    with pytest.raises(ValueError, match="refused without running anything") as ei:
+        T.read_trainer_state(state_path)
+    assert state_path in str(ei.value)
+    with pytest.raises(ValueError, match="refused"):
+        _trainer(env, tmp_path, run_a["cfg"]).load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="refused"):
+        T.train_scout(env["model"], env["regions"], env["images"], str(tmp_path / "b"), run_a["cfg"],
+                      device="cpu", resume_from=ckpt)
+    capsys.readouterr()
+    rc = main(["train-scout", "--model", env["model"], "--regions", env["regions"], "--images", env["images"],
+               "--output", str(tmp_path / "c"), "--resume", ckpt, "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "refused without running anything" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(marker)  # the payload never ran
+
+
+def test_damaged_trainer_states_are_clear_errors(run_a, tmp_path):
+    ckpt = _copy_checkpoint(run_a, tmp_path)
+    path = os.path.join(ckpt, T.TRAINER_STATE_NAME)
+    data = open(path, "rb").read()
+    open(path, "wb").close()
+    with pytest.raises(ValueError, match=r"empty \(0 bytes\)"):
+        T.read_trainer_state(path)
+    with open(path, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        T.read_trainer_state(path)
+    torch.save({"step": 2}, path)
+    with pytest.raises(ValueError, match="missing 'epoch'"):
+        T.read_trainer_state(path)
+    torch.save([1, 2], path)
+    with pytest.raises(ValueError, match="not a dict"):
+        T.read_trainer_state(path)
+
+
+def _log_steps(out):
+    return [(r["step"], r["split"]) for r in map(json.loads, open(os.path.join(out, "log.jsonl")))]
+
+
+def test_resume_auto_skips_a_checkpoint_killed_mid_save_and_truncates_the_log(env, run_a, tmp_path, capsys):
+    import shutil
+
+    out = str(tmp_path / "run")
+    shutil.copytree(run_a["out"], out)
+    assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]
+    # what a kill during the step-3 save leaves: a 0-byte trainer_state.pt in the newest folder (the
+    # old in-place writer), a half-written temporary folder (the new writer) and a torn log line
+    open(os.path.join(out, "checkpoint-3", T.TRAINER_STATE_NAME), "wb").close()
+    os.makedirs(os.path.join(out, ".tmp-checkpoint-4-12345"))
+    open(os.path.join(out, ".tmp-checkpoint-4-12345", "model.safetensors"), "wb").close()
+    with open(os.path.join(out, "log.jsonl"), "a") as fh:
+        fh.write('{"step": 4, "spl')
+    os.makedirs(os.path.join(out, ".tmp-notes"))  # not ours: left alone
+    capsys.readouterr()
+    hist = T.train_scout(env["model"], env["regions"], env["images"], out, run_a["cfg"], device="cpu",
+                         resume_from="auto")
+    err = capsys.readouterr().err
+    assert "skipping" in err and "checkpoint-3" in err and "empty (0 bytes)" in err
+    rec = _train_records(hist)
+    assert sorted(rec) == [3]  # resumed from checkpoint-2
+    for k in ("itm", "itc", "align", "total", "lr"):
+        assert rec[3][k] == run_a["rec"][3][k], k  # bit-exact on CPU
+    assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]  # no duplicate, no torn line
+    assert [n for n in os.listdir(out) if n.startswith(".")] == [".tmp-notes"]  # ours cleaned up
+    assert T.read_trainer_state(os.path.join(out, "checkpoint-3", T.TRAINER_STATE_NAME))["step"] == 3
+    # every checkpoint damaged: a fresh start (with a note), never an internal error
+    for n in ("checkpoint-1", "checkpoint-2"):
+        os.remove(os.path.join(out, n, "model.safetensors"))
+    with open(os.path.join(out, "checkpoint-3", T.TRAINER_STATE_NAME), "r+b") as fh:
+        fh.truncate(100)
+    hist = T.train_scout(env["model"], env["regions"], env["images"], out, run_a["cfg"], device="cpu",
+                         resume_from="auto")
+    err = capsys.readouterr().err
+    assert "trainer_state.pt is truncated or corrupt" in err
+    assert err.count("skipping") == 3 and "model.safetensors is missing" in err and "starting from" in err
+    assert sorted(_train_records(hist)) == [1, 2, 3]
+    assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]
+
+
+def test_a_failed_save_leaves_no_checkpoint_folder(env, run_a, tmp_path, monkeypatch):
+    trainer = _trainer(env, tmp_path, run_a["cfg"])
+    trainer.load_checkpoint(run_a["ckpt"])
+    real = torch.save
+
+    def broken(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T.torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    monkeypatch.setattr(T.torch, "save", real)
+    assert not os.path.exists(os.path.join(trainer.output_dir, "checkpoint-2"))
+    assert not [n for n in os.listdir(trainer.output_dir) if n.startswith(".tmp-")]
+    d = trainer.save_checkpoint()
+    assert os.path.basename(d) == "checkpoint-2" and T.read_trainer_state(os.path.join(d, T.TRAINER_STATE_NAME))
+    d2 = trainer.save_checkpoint()  # saving the same step again replaces the folder whole
+    assert d2 == d and sorted(os.listdir(trainer.output_dir)) == ["checkpoint-2"]
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+import torch
+from vista.scout import train as T
+
+real_save = torch.save
+
+
+def save_then_die(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    if isinstance(obj, dict) and obj.get("step") == 3:  # half of the step-3 state is on disk: SIGKILL
+        os.truncate(f, os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+torch.save = save_then_die
+torch.set_num_threads(1)
+model, regions, images, out = sys.argv[1:5]
+cfg = T.ScoutTrainConfig(batch_size=4, grad_accum=1, top_k=4, lr=1e-3, progress=False, val_fraction=0.0,
+                         eval_every=0, save_every=1, save_total_limit=0, projector_hidden=24, max_steps=3)
+T.train_scout(model, regions, images, out, cfg, device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_save_then_resume_auto(env, run_a, tmp_path):
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "killed")
+    script = tmp_path / "train_and_die.py"
+    script.write_text(_KILL_SCRIPT)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(T.__file__))))
+    env_vars = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, str(script), env["model"], env["regions"], env["images"], out],
+                          env=env_vars, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    names = sorted(os.listdir(out))
+    assert "checkpoint-2" in names and "checkpoint-3" not in names  # step 3 never became visible
+    assert any(n.startswith(".tmp-checkpoint-3") for n in names)
+    assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]
+    hist = T.train_scout(env["model"], env["regions"], env["images"], out, run_a["cfg"], device="cpu",
+                         resume_from="auto")
+    rec = _train_records(hist)
+    assert sorted(rec) == [3] and rec[3]["total"] == run_a["rec"][3]["total"]
+    assert _log_steps(out) == [(1, "train"), (2, "train"), (3, "train")]
+    assert sorted(n for n in os.listdir(out) if n.startswith(("checkpoint-", "."))) == \
+        ["checkpoint-1", "checkpoint-2", "checkpoint-3"]

@@ -6,10 +6,11 @@ patch the score ``s_i = Σ_queries max_heads A``. This module runs that on trans
 ``Blip2ForImageTextRetrieval`` (no LAVIS):
 
 * the vision tower runs with sdpa attention (bf16 on CUDA by default), chunked over frames;
-* the Q-Former (kept in fp32 by transformers) runs with its configured attention; the attention
-  probabilities are formed explicitly only for the one cross-attention layer that is scored, from
-  that layer's own query/key projections (a forward pre-hook), and the Q-Former stops right after
-  that layer (the layers above it and the ITM head do not affect the scores);
+* the Q-Former (kept in fp32 by transformers) runs layer by layer with its configured attention
+  (:func:`qformer_scored_attention`); the attention probabilities are formed explicitly only for the
+  one cross-attention layer that is scored, from that layer's own query/key projections with
+  call-local tensors (no hooks, no state on the shared modules: thread-safe), and the Q-Former
+  stops right after that layer (the layers above it and the ITM head do not affect the scores);
 * the (B, heads, queries, patches) map is reduced with ``vista_kernels.scout_score_reduce``.
 
 Loading helpers (:func:`check_checkpoint_dir`, :func:`load_scout_model`, :func:`load_scout_processor`)
@@ -21,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
+import threading
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
@@ -38,6 +41,7 @@ __all__ = [
     "frames_to_tensor",
     "frames_from_pixel_values",
     "frames_from_qwen_pixel_values",
+    "qformer_scored_attention",
 ]
 
 _WEIGHT_FILES = (
@@ -49,14 +53,11 @@ _WEIGHT_FILES = (
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 _IMAGE_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TOKENIZER_LOCK = threading.Lock()
 
 
 class ScoutCheckpointError(ValueError, FileNotFoundError):
     """A scout checkpoint directory is missing or incomplete (a ValueError and a FileNotFoundError)."""
-
-
-class _StopAfterLayer(Exception):
-    """Raised by the capture hook to skip the Q-Former layers above the scored one."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,12 +164,20 @@ def load_scout_model(path, dtype=None, device=None, attn_implementation: str = "
         raise TypeError(f"attn_implementation must be a str, got {type(attn_implementation).__name__}")
     src = _local_or_repo(path)
     try:
-        model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation=attn_implementation)
-    except (ImportError, ValueError) as e:
-        if attn_implementation == "sdpa":
-            raise
-        warnings.warn(f"attn_implementation={attn_implementation!r} is unavailable for the scout ({e}); using sdpa")
-        model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+        try:
+            model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation=attn_implementation)
+        except (ImportError, ValueError) as e:
+            if attn_implementation == "sdpa":
+                raise
+            warnings.warn(f"attn_implementation={attn_implementation!r} is unavailable for the scout ({e}); using sdpa")
+            model = Blip2ForImageTextRetrieval.from_pretrained(src, dtype=dtype, attn_implementation="sdpa")
+    except pickle.UnpicklingError as e:  # transformers reads *.bin weights with torch.load(weights_only=True)
+        why = str(e).strip().splitlines()
+        why = next((ln.strip() for ln in why if "Unsupported" in ln or "GLOBAL" in ln), why[0] if why else "")
+        raise ScoutCheckpointError(
+            f"scout checkpoint {src!r}: the pytorch_model.bin weights hold objects other than tensors and were "
+            f"refused without running anything ({why}); use a checkpoint saved as model.safetensors"
+        ) from None
     _keep_qformer_fp32(model)
     return model.to(device).eval()
 
@@ -621,13 +630,14 @@ class SemanticScout:
         """Questions -> (input_ids (Q, L) int64, attention_mask (Q, L) int64) on the scout's device,
         padded to the longest, truncated to the Q-Former's text positions."""
         tok = self.processor.tokenizer
-        enc = tok(
-            list(questions),
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-        )
+        with _TOKENIZER_LOCK:  # a fast tokenizer sets its padding/truncation state on every call
+            enc = tok(
+                list(questions),
+                padding=True,
+                truncation=True,
+                max_length=self.max_text_len,
+                return_tensors="pt",
+            )
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     # --- core --------------------------------------------------------------------------------
@@ -659,48 +669,25 @@ class SemanticScout:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         image_embeds = m.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, 1+P, Dv)
-        B = image_embeds.shape[0]
-        query_tokens = m.query_tokens.expand(B, -1, -1)
-        nq = query_tokens.shape[1]
-        embeds = m.embeddings(input_ids=input_ids, query_embeds=query_tokens)
-        mask = torch.cat(
-            [torch.ones(B, nq, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1
-        )
-        captured = {}
-        target = m.qformer.encoder.layer[self.qformer_layer].crossattention.attention
+        return self._scored_attention(image_embeds, input_ids, attention_mask, full_forward=full_forward)
 
-        def pre_hook(module, args, kwargs):
-            hs = kwargs.get("hidden_states", args[0] if args else None)
-            enc = kwargs.get("encoder_hidden_states")
-            if enc is None and len(args) > 2:
-                enc = args[2]
-            captured["attn"] = _attention_probs(module, hs, enc)
+    def _scored_attention(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          full_forward: bool = False):
+        """The scored layer's cross-attention probabilities from given ViT outputs.
 
-        def post_hook(module, args, kwargs, output):
-            if not full_forward:
-                raise _StopAfterLayer
+        Args:
+            image_embeds: (B, 1+P, Dv) the vision tower's ``last_hidden_state`` (CLS first), any
+                float dtype.
+            input_ids, attention_mask: (B, L) question tokens (int64) and their 0/1 mask.
+            full_forward: also return the whole Q-Former's output.
 
-        h1 = target.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        h2 = target.register_forward_hook(post_hook, with_kwargs=True)
-        hidden = None
-        try:
-            out = m.qformer(
-                query_embeds=embeds,
-                query_length=nq,
-                attention_mask=mask,
-                encoder_hidden_states=image_embeds,
-                encoder_attention_mask=None,  # every image position is valid
-            )
-            hidden = out.last_hidden_state
-        except _StopAfterLayer:
-            pass
-        finally:
-            h1.remove()
-            h2.remove()
-        if "attn" not in captured:  # pragma: no cover - transformers changed the call path
-            raise RuntimeError("the scout could not capture the Q-Former cross-attention")
-        attn = captured["attn"][..., 1:]  # drop the ViT CLS key
-        return (attn, hidden) if full_forward else attn
+        Returns:
+            (B, heads, num_query_tokens, P) float32 (CLS key dropped), and with ``full_forward`` the
+            Q-Former's last hidden state (B, num_query_tokens + L, hidden). Only call-local tensors
+            are involved: safe to call from several threads on one scout.
+        """
+        return qformer_scored_attention(self.model, self.qformer_layer, image_embeds, input_ids, attention_mask,
+                                        full_forward=full_forward)
 
     def _scores_flat(self, frames_x: torch.Tensor, qids: torch.Tensor, input_ids, attention_mask, chunk_size):
         """frames_x (N, 3, H, W) on any device; qids (N,) question row per frame -> (N, P) fp32."""
@@ -785,6 +772,69 @@ def _runs(part):
         else:
             runs.append((i, slice(t, t + 1)))
     return runs
+
+
+def qformer_scored_attention(model, qformer_layer: int, image_embeds: torch.Tensor, input_ids: torch.Tensor,
+                             attention_mask: torch.Tensor, full_forward: bool = False):
+    """Run the question-conditioned Q-Former of a ``Blip2ForImageTextRetrieval`` and return the
+    cross-attention probabilities of its query tokens to the image at Q-Former layer ``qformer_layer``.
+
+    The Q-Former's layers are called one by one (the same modules, masks and dtypes as
+    ``model.qformer``'s own forward); at the scored layer the probabilities softmax(QKᵀ·scale) are
+    formed from that layer's own query/key projections, *before* attention dropout, in float32.
+    No hook and no state is put on the shared modules, so concurrent calls are independent. In train
+    mode the layers' dropouts act as in a normal forward; the returned probabilities are the
+    pre-dropout ones of that same forward.
+
+    Args:
+        model: ``Blip2ForImageTextRetrieval`` (text-reading Q-Former).
+        qformer_layer: index of a Q-Former layer that has cross-attention.
+        image_embeds: (B, 1+P, Dv) the ViT's last hidden state (CLS first); every position is valid.
+        input_ids: (B, L) int64 question tokens; attention_mask: (B, L) 1 = token, 0 = padding.
+        full_forward: also run the layers above ``qformer_layer`` and return the Q-Former output.
+
+    Returns:
+        attn (B, heads, Nq, P) float32, rows summing to 1 over the P+1 keys (CLS dropped); with
+        ``full_forward``: ``(attn, last_hidden_state (B, Nq + L, hidden))``.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+    from transformers.pytorch_utils import apply_chunking_to_forward
+
+    qf = model.qformer
+    layers = qf.encoder.layer
+    layer = layers[qformer_layer]
+    if not getattr(layer, "has_cross_attention", False):
+        raise ValueError(f"Q-Former layer {qformer_layer} has no cross-attention")
+    B = image_embeds.shape[0]
+    query_tokens = model.query_tokens.expand(B, -1, -1)
+    nq = query_tokens.shape[1]
+    embeds = model.embeddings(input_ids=input_ids, query_embeds=query_tokens)
+    mask = torch.cat(
+        [torch.ones(B, nq, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1
+    )
+    # as Blip2QFormerModel.forward: fp32 layer norm + dropout, a bidirectional mask, fp32 image states
+    hidden = qf.dropout(qf.layernorm(embeds.to(qf.layernorm.weight.dtype)))
+    ext_mask = create_bidirectional_mask(config=qf.config, inputs_embeds=hidden.to(embeds.dtype), attention_mask=mask)
+    enc = image_embeds.to(hidden.dtype)
+    for i in range(qformer_layer):
+        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
+    # the scored layer, step by step: self-attention, then the queries' cross-attention
+    self_out = layer.attention(hidden_states=hidden, attention_mask=ext_mask)
+    queries = self_out[:, :nq, :]
+    attn = _attention_probs(layer.crossattention.attention, queries, enc)[..., 1:]  # drop the CLS key
+    if not full_forward:
+        return attn
+    cross_out = layer.crossattention(hidden_states=queries, attention_mask=ext_mask, encoder_hidden_states=enc,
+                                     encoder_attention_mask=None)
+    hidden = apply_chunking_to_forward(layer.feed_forward_chunk_query, layer.chunk_size_feed_forward,
+                                       layer.seq_len_dim, cross_out)
+    if self_out.shape[1] > nq:
+        text = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim,
+                                         self_out[:, nq:, :])
+        hidden = torch.cat([hidden, text], dim=1)
+    for i in range(qformer_layer + 1, len(layers)):
+        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
+    return attn, hidden
 
 
 def _attention_probs(module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:

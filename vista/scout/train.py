@@ -20,13 +20,14 @@ Objective (Eq. 13), for a micro-batch of B region phrases and their images::
   negative image are drawn from ``multinomial(softmax(logits))`` over the *non-positive* entries of
   the ITC similarity row/column (never the positive). B positive + 2B negative pairs go through the
   text-conditioned Q-Former; ``itm_head`` averaged over the query outputs gives 2-way logits.
-* **Soft top-K alignment** (Eqs. 14-15) — S (B, P): cross-attention of the (question-conditioned)
-  queries to the P image patches in the last Q-Former cross-attention layer of the positive ITM
-  pairs, averaged over heads and queries (the ViT's CLS key is dropped). τ = K-th largest S_i
-  (K = min(K, P)); m_i = σ((S_i − τ)/T); w = m⊙S / Σ(m⊙S); v_key = Σ_i w_i·patch_i (B, D_v);
+* **Soft top-K alignment** (Eqs. 14-15) — S (B, P): cross-attention probabilities of the
+  (question-conditioned) queries to the P image patches in the last Q-Former cross-attention layer
+  of the positive ITM pairs, taken *before* attention dropout (the scout's own probabilities, not
+  transformers' post-dropout weights) and reduced as at inference (eq. 6: sum over queries of the
+  max over heads; the ViT's CLS key is dropped). τ = K-th largest S_i (K = min(K, P));
+  m_i = σ((S_i − τ)/T); w = m⊙S / Σ(m⊙S); v_key = Σ_i w_i·patch_i (B, D_v);
   L_Align = mean_b [1 − cos(Φ(v_key), t_feat)], t_feat the ITC text feature of the phrase.
-  (``mask_score_norm="max"`` builds the mask from S / max S instead: attention probabilities are
-  ~1/P, so with T = 0.1 the literal mask is close to 0.5 on every patch.)
+  (``mask_score_norm="max"`` builds the mask from S / max S instead, a scale-free variant.)
 
 Data: Visual Genome ``region_descriptions.json`` plus image folder(s) holding ``{image_id}.jpg``;
 see :func:`load_region_descriptions`. Training pairs are (whole image, region phrase).
@@ -51,7 +52,9 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from numbers import Real
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -80,6 +83,7 @@ __all__ = [
     "freeze_vision_encoder",
     "compute_scout_losses",
     "ScoutTrainer",
+    "read_trainer_state",
     "train_scout",
     "add_train_scout_parser",
     "cmd_train_scout",
@@ -117,7 +121,7 @@ class ScoutTrainConfig:
     alpha: float = 2.0
     top_k: int = 64
     mask_temperature: float = 0.1
-    mask_score_norm: str = "none"  # "none" (paper) | "max": S / max(S) before the soft top-K mask
+    mask_score_norm: str = "none"  # "none" (paper: S on eq. 6's scale) | "max": S / max(S) before the mask
     itc_temperature: float = 0.07
     projector_hidden: Optional[int] = None  # None = vision width
     projector_dropout: float = 0.1
@@ -473,9 +477,11 @@ def load_projector(directory: str, device=None) -> KeyTokenProjector:
 
 
 def patch_importance(cross_attention: torch.Tensor, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """S: cross-attention (B, heads, N_q, N_kv) -> mean over heads and queries -> (B, N_kv - prefix).
+    """S: cross-attention (B, heads, N_q, N_kv) -> Σ over queries of the max over heads -> (B, N_kv - prefix).
 
-    ``num_prefix_tokens`` leading keys (the ViT's CLS token) are not patches and are dropped.
+    The reduction and scale of PAPER eq. 6 (what the scout computes at inference), so the soft
+    top-K mask σ((S − τ)/T) sees the same scores inference ranks by. ``num_prefix_tokens`` leading
+    keys (the ViT's CLS token) are not patches and are dropped.
     """
     if not isinstance(cross_attention, torch.Tensor) or cross_attention.dim() != 4:
         raise ValueError(
@@ -484,7 +490,7 @@ def patch_importance(cross_attention: torch.Tensor, num_prefix_tokens: int = 1) 
         )
     if not _is_int(num_prefix_tokens) or not 0 <= num_prefix_tokens < cross_attention.shape[-1]:
         raise ValueError(f"num_prefix_tokens must be in [0, {cross_attention.shape[-1]}), got {num_prefix_tokens!r}")
-    return cross_attention.float().mean(dim=(1, 2))[:, num_prefix_tokens:]
+    return cross_attention.float()[..., num_prefix_tokens:].amax(dim=1).sum(dim=1)
 
 
 def soft_topk_mask(scores: torch.Tensor, k: int, temperature: float = 0.1) -> torch.Tensor:
@@ -517,9 +523,9 @@ def key_visual_feature(
 
     w = m ⊙ S / Σ_i (m ⊙ S)_i with m = :func:`soft_topk_mask` (S, k, T); v_key = Σ_i w_i · patch_i.
     ``scores`` (B, P) must be finite and non-negative (attention probabilities are).
-    ``score_norm="max"`` computes the mask from S / max_i S_i instead (attention probabilities are
-    ~1/P, so with T = 0.1 the literal mask stays close to 0.5 everywhere); w is unchanged by the
-    rescaling otherwise.
+    ``score_norm="max"`` computes the mask from S / max_i S_i instead (a scale-free variant; with
+    S on eq. 6's scale, see :func:`patch_importance`, the default already gives a real soft top-K);
+    w is unchanged by the rescaling otherwise.
     """
     if not isinstance(patch_embeds, torch.Tensor) or patch_embeds.dim() != 3:
         raise ValueError("patch_embeds must be a (B, P, D) tensor")
@@ -606,14 +612,10 @@ def sample_hard_negatives(
 
 
 def freeze_vision_encoder(model) -> None:
-    """Vision encoder: requires_grad False and eval mode; Q-Former cross-attention set to eager so
-    its attention probabilities can be returned."""
+    """Vision encoder: requires_grad False and eval mode. (The Q-Former keeps its attention
+    implementation: the scored probabilities are formed explicitly, see :func:`_qformer_itm`.)"""
     model.vision_model.requires_grad_(False)
     model.vision_model.eval()
-    try:
-        model.qformer.set_attn_implementation("eager")
-    except Exception:  # older transformers: fall back to the config flag
-        model.qformer.config._attn_implementation = "eager"
 
 
 def _set_train_mode(model, projector, training: bool) -> None:
@@ -644,27 +646,26 @@ def _qformer_text_features(model, input_ids: torch.Tensor, attention_mask: torch
     return F.normalize(model.text_projection(cls.to(model.text_projection.weight.dtype)).float(), dim=-1)
 
 
+def _last_cross_attention_layer(model) -> int:
+    layers = model.qformer.encoder.layer
+    idx = [i for i, layer in enumerate(layers) if getattr(layer, "has_cross_attention", False)]
+    if not idx:
+        raise ValueError("the model's Q-Former has no cross-attention layer")
+    return idx[-1]
+
+
 def _qformer_itm(model, image_embeds, input_ids, attention_mask):
-    """Text-conditioned Q-Former. Returns ITM logits (B, 2) and the last cross-attention
-    (B, heads, N_q, 1+P)."""
-    B = image_embeds.shape[0]
-    q = model.query_tokens.expand(B, -1, -1)
-    nq = q.shape[1]
-    emb = model.embeddings(input_ids=input_ids, query_embeds=q)
-    am = torch.cat([torch.ones(B, nq, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], 1)
-    ones = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
-    out = model.qformer(
-        query_embeds=emb, query_length=nq, attention_mask=am,
-        encoder_hidden_states=image_embeds, encoder_attention_mask=ones,
-        output_attentions=True, return_dict=True,
-    )
-    hidden = out.last_hidden_state[:, :nq, :]
+    """Text-conditioned Q-Former. Returns ITM logits (B, 2) and the last cross-attention layer's
+    probabilities (B, heads, N_q, P), formed before attention dropout, the ViT's CLS key dropped
+    (see :func:`vista.scout.scout.qformer_scored_attention`)."""
+    from .scout import qformer_scored_attention
+
+    nq = model.query_tokens.shape[1]
+    cross, out = qformer_scored_attention(model, _last_cross_attention_layer(model), image_embeds, input_ids,
+                                          attention_mask, full_forward=True)
+    hidden = out[:, :nq, :]
     logits = model.itm_head(hidden.to(model.itm_head.weight.dtype)).float().mean(dim=1)
-    cross = out.cross_attentions
-    if not cross or cross[-1] is None:
-        raise RuntimeError("the Q-Former returned no cross-attentions; it must run with eager attention "
-                           "(call freeze_vision_encoder(model) first)")
-    return logits, cross[-1]
+    return logits, cross
 
 
 def compute_scout_losses(
@@ -726,7 +727,7 @@ def compute_scout_losses(
     loss_itm = F.cross_entropy(itm_logits, labels)
 
     # soft top-K alignment on the positive pairs
-    S = patch_importance(cross[:B], num_prefix_tokens=1)  # (B, P)
+    S = patch_importance(cross[:B], num_prefix_tokens=0)  # (B, P), eq. 6 scale; CLS already dropped
     v_key = key_visual_feature(image_embeds[:, 1:, :], S, config.top_k, config.mask_temperature,
                                score_norm=config.mask_score_norm)
     key_feat = projector(v_key.to(next(projector.parameters()).dtype)).float()
@@ -899,18 +900,18 @@ class ScoutTrainer:
     # -- saving / resuming -----------------------------------------------------------------------
 
     def save_model(self, directory: str) -> None:
-        """Model + processor (``save_pretrained``) and the projector file into ``directory``."""
+        """Model + processor (``save_pretrained``) and the projector file into ``directory`` (in place;
+        :meth:`save_checkpoint` and the best/final exports wrap it in a temporary folder)."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory)
         if self.processor is not None:
             self.processor.save_pretrained(directory)
         save_projector(self.projector, directory)
 
-    def save_checkpoint(self, directory: Optional[str] = None) -> str:
-        """A resumable checkpoint (model, projector, optimizer, scheduler, RNG, data position)."""
-        directory = directory or os.path.join(self.output_dir, f"checkpoint-{self.step}")
-        self.save_model(directory)
-        state = {
+    def trainer_state(self) -> dict:
+        """What :meth:`save_checkpoint` writes to ``trainer_state.pt``: only tensors, numbers, strings,
+        None and lists/tuples/dicts of them, so it loads with ``torch.load(weights_only=True)``."""
+        return {
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -919,7 +920,7 @@ class ScoutTrainer:
             "neg_generator": self.neg_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(),
+            "python_rng": random.getstate(),  # (int, tuple of 625 ints, float | None)
             "best_val": self.best_val,
             "best_step": self.best_step,
             "config": self.config.to_dict(),
@@ -927,7 +928,21 @@ class ScoutTrainer:
             "train_fingerprint": _samples_fingerprint(self.train_samples),
             "max_steps": self.max_steps,
         }
-        torch.save(state, os.path.join(directory, TRAINER_STATE_NAME))
+
+    def save_checkpoint(self, directory: Optional[str] = None) -> str:
+        """A resumable checkpoint (model, projector, optimizer, scheduler, RNG, data position).
+
+        Everything is written to a temporary sibling folder (``.tmp-checkpoint-N-<pid>``), flushed
+        to disk (fsync), and only then renamed to ``checkpoint-N``: a run killed while saving leaves
+        the previous checkpoints intact and no half-written ``checkpoint-N``."""
+        directory = directory or os.path.join(self.output_dir, f"checkpoint-{self.step}")
+        state = self.trainer_state()
+
+        def write(tmp):
+            self.save_model(tmp)
+            torch.save(state, os.path.join(tmp, TRAINER_STATE_NAME))
+
+        _write_dir_atomically(directory, write)
         self._rotate_checkpoints()
         return directory
 
@@ -940,25 +955,41 @@ class ScoutTrainer:
             if n.startswith("checkpoint-") and n.split("-", 1)[1].isdigit()
         )
         for _, name in ckpts[:-limit]:
-            shutil.rmtree(os.path.join(self.output_dir, name), ignore_errors=True)
+            _remove_dir(os.path.join(self.output_dir, name))
 
-    def load_checkpoint(self, directory: str) -> None:
+    def load_checkpoint(self, directory: str, state: Optional[dict] = None) -> None:
         """Restore projector, optimizer, scheduler, RNG and data position from ``directory``.
-        The model weights must already come from the same directory (see :func:`train_scout`)."""
+        The model weights must already come from the same directory (see :func:`train_scout`).
+
+        ``trainer_state.pt`` is read with :func:`read_trainer_state` (``weights_only=True``: a file
+        holding anything but tensors and plain values is refused, nothing in it runs); ``state``
+        may pass one already read from ``directory``.
+
+        Raises:
+            FileNotFoundError: no ``trainer_state.pt`` in ``directory``.
+            ValueError: the file is empty, truncated, corrupt, not a vista trainer state, or the
+                checkpoint's settings / training pairs differ from this run's.
+        """
         path = os.path.join(os.fspath(directory), TRAINER_STATE_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"resume_from {directory!r} holds no {TRAINER_STATE_NAME}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state is None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"resume_from {directory!r} holds no {TRAINER_STATE_NAME}")
+            state = read_trainer_state(path)
         self._check_resume_compatible(state, directory)
         proj = load_projector(directory, device=self.device)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.neg_generator.set_state(state["neg_generator"])
+            torch_rng = state["torch_rng"]
+            torch.set_rng_state(torch_rng)
+            if state["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            py = state["python_rng"]
+            random.setstate((py[0], tuple(py[1]), py[2]))
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError) as e:
+            raise ValueError(f"{path!r} does not hold a usable trainer state ({type(e).__name__}: {e})") from None
         self.projector.load_state_dict(proj.state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.neg_generator.set_state(state["neg_generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        random.setstate(state["python_rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_val, self.best_step = state["best_val"], state["best_step"]
 
@@ -1018,9 +1049,13 @@ class ScoutTrainer:
         if self.best_val is None or val["total"] < self.best_val:
             self.best_val, self.best_step = val["total"], self.step
             best_dir = os.path.join(self.output_dir, "best")
-            self.save_model(best_dir)
-            with open(os.path.join(best_dir, "best.json"), "w", encoding="utf-8") as fh:
-                json.dump({"step": self.step, "val": val}, fh, indent=2)
+
+            def write(tmp):
+                self.save_model(tmp)
+                with open(os.path.join(tmp, "best.json"), "w", encoding="utf-8") as fh:
+                    json.dump({"step": self.step, "val": val}, fh, indent=2)
+
+            _write_dir_atomically(best_dir, write)
         return val
 
     # -- main loop -------------------------------------------------------------------------------
@@ -1034,6 +1069,8 @@ class ScoutTrainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.max_steps, initial=self.step, desc="train-scout", dynamic_ncols=True)
+        _remove_stale_temporaries(self.output_dir)
+        _truncate_log(os.path.join(self.output_dir, LOG_NAME), self.step)
         stream = self._micro_batches()
         try:
             while self.step < self.max_steps:
@@ -1059,15 +1096,29 @@ class ScoutTrainer:
         return self.history
 
     def _export_result(self) -> None:
-        """Root of ``output_dir`` := best-validation model if there is one, else the final one."""
+        """Root of ``output_dir`` := best-validation model if there is one, else the final one.
+
+        The files are written to a temporary folder first and then moved into the root one by one
+        (``os.replace``), so a kill never leaves a half-written file there."""
         best_dir = os.path.join(self.output_dir, "best")
-        if self.best_step is not None and os.path.isdir(best_dir):
-            for name in os.listdir(best_dir):
-                src = os.path.join(best_dir, name)
+        tmp = _temporary_sibling(os.path.join(self.output_dir, "result"))
+        try:
+            if self.best_step is not None and os.path.isdir(best_dir):
+                os.makedirs(tmp)
+                for name in os.listdir(best_dir):
+                    src = os.path.join(best_dir, name)
+                    if os.path.isfile(src):
+                        shutil.copy2(src, os.path.join(tmp, name))
+            else:
+                self.save_model(tmp)
+            _fsync_tree(tmp)
+            for name in sorted(os.listdir(tmp)):
+                src = os.path.join(tmp, name)
                 if os.path.isfile(src):
-                    shutil.copy2(src, os.path.join(self.output_dir, name))
-        else:
-            self.save_model(self.output_dir)
+                    os.replace(src, os.path.join(self.output_dir, name))
+            _fsync_dir(self.output_dir)
+        finally:
+            _remove_dir(tmp)
 
 
 def _samples_fingerprint(samples: Sequence[RegionSample]) -> str:
@@ -1080,13 +1131,246 @@ def _samples_fingerprint(samples: Sequence[RegionSample]) -> str:
     return h.hexdigest()
 
 
-def _latest_checkpoint(output_dir: str) -> Optional[str]:
+# --------------------------------------------------------------------------------------------------
+# crash-safe files: checkpoints in temporary folders renamed into place, a safe trainer-state reader
+
+_TMP_PREFIX = ".tmp-"  # a folder being written: never a checkpoint, removed by the next run
+_OLD_PREFIX = ".old-"  # a folder being replaced or deleted
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. a platform without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """Flush every file under ``root`` and the folders themselves to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(dirpath)
+
+
+def _temporary_sibling(path: str, prefix: str = _TMP_PREFIX) -> str:
+    parent, base = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f"{prefix}{base}-{os.getpid()}")
+
+
+def _remove_dir(path: str) -> None:
+    """Delete a folder: first renamed out of the way (one atomic step), then removed."""
+    if not os.path.isdir(path):
+        return
+    trash = _temporary_sibling(path, _OLD_PREFIX)
+    try:
+        if os.path.exists(trash):
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_dir_atomically(final: str, write) -> None:
+    """Call ``write(tmp)`` on an empty temporary sibling folder of ``final``, fsync it, then rename
+    it to ``final`` (a previous ``final`` is moved aside first and deleted afterwards)."""
+    final = os.path.abspath(os.fspath(final))
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    tmp = _temporary_sibling(final)
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        old = None
+        if os.path.exists(final):
+            old = _temporary_sibling(final, _OLD_PREFIX)
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_TEMPORARY_NAME = re.compile(r"^\.(tmp|old)-(checkpoint-\d+|best|result)-\d+$")
+
+
+def _remove_stale_temporaries(output_dir: str) -> None:
+    """Delete the temporary folders a killed run left in ``output_dir`` (only names this module
+    makes: ``.tmp-``/``.old-`` + ``checkpoint-N``/``best``/``result`` + ``-<pid>``)."""
     if not os.path.isdir(output_dir):
-        return None
-    steps = [int(n.split("-", 1)[1]) for n in os.listdir(output_dir)
-             if n.startswith("checkpoint-") and n.split("-", 1)[1].isdigit()
-             and os.path.isfile(os.path.join(output_dir, n, TRAINER_STATE_NAME))]
-    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
+        return
+    for name in os.listdir(output_dir):
+        if _TEMPORARY_NAME.match(name) and os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Keep the records of ``log.jsonl`` with ``step <= step`` (the ones a resumed run does not
+    write again), drop the rest and any torn line; rewritten atomically."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    keep, changed = [], False
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            ok = isinstance(rec, dict) and _is_int(rec.get("step")) and rec["step"] <= step
+        except (UnicodeDecodeError, ValueError):
+            ok = False
+        if ok:
+            keep.append(line)
+        else:
+            changed = True
+    if not changed and (not lines or lines[-1] == b""):
+        return
+    tmp = path + f".tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(b"".join(x + b"\n" for x in keep))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+_STATE_TYPES = {
+    "step": int, "epoch": int, "batch_in_epoch": int, "optimizer": dict, "scheduler": dict,
+    "neg_generator": torch.Tensor, "torch_rng": torch.Tensor, "python_rng": (tuple, list),
+    "config": dict, "num_train_samples": int,
+}
+
+
+def read_trainer_state(path) -> dict:
+    """Read a ``trainer_state.pt`` written by :meth:`ScoutTrainer.save_checkpoint`, safely.
+
+    The file is loaded with ``torch.load(weights_only=True)``: only tensors, numbers, strings,
+    None and containers of them are accepted, so a planted pickle cannot run code.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is empty, truncated or corrupt, holds other objects (refused, not
+            run), or lacks the fields of a trainer state; the message names the file.
+    """
+    import pickle
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    hint = "delete that checkpoint folder or resume from an earlier one"
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path!r} is empty (0 bytes): the checkpoint was not written completely; {hint}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on a pickle protocol it does not default to
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        why = next((ln.strip() for ln in first if "Unsupported" in ln or "global" in ln.lower()), first[0] if first else "")
+        raise ValueError(
+            f"{path!r} is not a trainer state written by vista train-scout: it holds objects other than "
+            f"tensors and plain values and was refused without running anything ({why}); {hint}"
+        ) from None
+    except (EOFError, RuntimeError, OSError, ValueError, AttributeError, ImportError, IndexError, KeyError) as e:
+        msg = str(e).strip().splitlines()
+        raise ValueError(f"{path!r} is truncated or corrupt ({type(e).__name__}: {msg[0] if msg else ''}); "
+                         f"{hint}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path!r} is not a trainer state written by vista train-scout (a "
+                         f"{type(state).__name__}, not a dict); {hint}")
+    for key, typ in _STATE_TYPES.items():
+        if key not in state:
+            raise ValueError(f"{path!r} is not a complete trainer state: missing {key!r}; {hint}")
+        if not isinstance(state[key], typ) or (typ is int and isinstance(state[key], bool)):
+            raise ValueError(f"{path!r}: {key!r} has the wrong type ({type(state[key]).__name__}); {hint}")
+    for key in ("cuda_rng", "best_val", "best_step"):
+        state.setdefault(key, None)
+    return state
+
+
+def _checkpoint_problem(directory: str) -> Tuple[Optional[str], Optional[dict]]:
+    """(None, trainer state) for a complete checkpoint folder, else (what is wrong, None)."""
+    need = ["config.json", "model.safetensors", PROJECTOR_WEIGHTS_NAME, PROJECTOR_CONFIG_NAME, TRAINER_STATE_NAME]
+    for name in need:
+        p = os.path.join(directory, name)
+        if not os.path.isfile(p):
+            return f"{name} is missing", None
+        if os.path.getsize(p) == 0:
+            return f"{name} is empty (0 bytes)", None
+    for name in ("config.json", PROJECTOR_CONFIG_NAME):
+        try:
+            with open(os.path.join(directory, name), "r", encoding="utf-8") as fh:
+                if not isinstance(json.load(fh), dict):
+                    return f"{name} does not hold a JSON object", None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            return f"{name} is not readable JSON ({e})", None
+    try:
+        from safetensors import safe_open
+
+        for name in ("model.safetensors", PROJECTOR_WEIGHTS_NAME):
+            p = os.path.join(directory, name)
+            with safe_open(p, framework="pt") as f:
+                for k in f.keys():
+                    f.get_slice(k)
+    except Exception as e:  # noqa: BLE001 - any reader error means a damaged file
+        return f"{name} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None
+    path = os.path.join(directory, TRAINER_STATE_NAME)
+    try:
+        state = read_trainer_state(path)
+    except ValueError as e:
+        msg = str(e)
+        if msg.startswith(repr(path)):
+            msg = TRAINER_STATE_NAME + msg[len(repr(path)):]
+        return msg.split("; delete that checkpoint")[0], None
+    return None, state
+
+
+def _checkpoint_dirs(output_dir: str) -> List[str]:
+    """``checkpoint-N`` folders of ``output_dir``, newest (largest N) first."""
+    if not os.path.isdir(output_dir):
+        return []
+    steps = sorted((int(n.split("-", 1)[1]) for n in os.listdir(output_dir)
+                    if n.startswith("checkpoint-") and n.split("-", 1)[1].isdigit()
+                    and os.path.isdir(os.path.join(output_dir, n))), reverse=True)
+    return [os.path.join(output_dir, f"checkpoint-{s}") for s in steps]
+
+
+def _note(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"vista train-scout: note: {message}\n")
+    sys.stderr.flush()
+
+
+def _latest_checkpoint(output_dir: str) -> Tuple[Optional[str], Optional[dict]]:
+    """The newest complete checkpoint of ``output_dir`` and its trainer state ((None, None) when
+    there is none); incomplete or damaged ones are skipped with a note on stderr."""
+    for d in _checkpoint_dirs(output_dir):
+        problem, state = _checkpoint_problem(d)
+        if problem is None:
+            return d, state
+        _note(f"skipping {d}: incomplete or damaged ({problem}); trying the previous checkpoint")
+    return None, None
 
 
 def train_scout(
@@ -1121,10 +1405,18 @@ def train_scout(
     config = (config or ScoutTrainConfig()).validate()
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = None
     if resume_from == "auto":
-        resume_from = _latest_checkpoint(os.fspath(output_dir))
-    if resume_from is not None and not os.path.isfile(os.path.join(resume_from, TRAINER_STATE_NAME)):
-        raise FileNotFoundError(f"resume_from {resume_from!r} is not a checkpoint (no {TRAINER_STATE_NAME})")
+        resume_from, state = _latest_checkpoint(os.fspath(output_dir))
+        if resume_from is None:
+            if _checkpoint_dirs(os.fspath(output_dir)):
+                _note(f"no complete checkpoint in {os.fspath(output_dir)!r}: starting from {model_path!r}")
+        else:
+            _note(f"resuming from {resume_from}")
+    elif resume_from is not None:
+        if not os.path.isfile(os.path.join(resume_from, TRAINER_STATE_NAME)):
+            raise FileNotFoundError(f"resume_from {resume_from!r} is not a checkpoint (no {TRAINER_STATE_NAME})")
+        state = read_trainer_state(os.path.join(resume_from, TRAINER_STATE_NAME))
 
     samples = load_region_descriptions(regions_json, image_dir, min_words=config.min_words, max_images=max_images)
     if not samples:
@@ -1137,7 +1429,7 @@ def train_scout(
     processor = AutoProcessor.from_pretrained(src)
     trainer = ScoutTrainer(model, processor, train, val, config, output_dir, device=device)
     if resume_from is not None:
-        trainer.load_checkpoint(resume_from)
+        trainer.load_checkpoint(resume_from, state=state)
     else:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
@@ -1179,7 +1471,8 @@ def add_train_scout_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--mask-temperature", type=float, default=d.mask_temperature)
     p.add_argument("--mask-score-norm", choices=("none", "max"), default=d.mask_score_norm,
-                   help="'max': rescale S to max 1 before the soft top-K mask (default: paper, none)")
+                   help="'max': rescale S to max 1 before the soft top-K mask (default: %(default)s, the "
+                        "paper's mask on eq. 6 scores)")
     p.add_argument("--itc-temperature", type=float, default=d.itc_temperature)
     p.add_argument("--projector-hidden", type=int, default=None)
     p.add_argument("--projector-dropout", type=float, default=d.projector_dropout)
