@@ -28,9 +28,59 @@ class UsageError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error report (``vista ask: error: ...``) and exit code 2."""
+    """argparse with a one-line error report (``vista ask: error: ...``) and exit code 2.
+
+    A mistyped option is reported first, by the sub-command it was given to, with the closest
+    option name (``vista ask: error: unrecognized option '--retnetion' (did you mean
+    '--retention'?)``), instead of argparse's "the following arguments are required" (which hides
+    the typo when the typo was a required option) or the top-level ``vista: error:``.
+    """
+
+    _seen_args: Optional[List[str]] = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target = self._subparser_for(ns) or self
+            target.error(target._unknown_message(extras) or f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _subparser_for(self, ns) -> Optional["_Parser"]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(ns, action.dest, None) or "")
+                return sub if isinstance(sub, _Parser) else None
+        return None
+
+    def _unknown_message(self, tokens) -> Optional[str]:
+        """``unrecognized option '--x' (did you mean '--y'?)`` for the first unknown option in ``tokens``."""
+        import difflib
+
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for tok in tokens:
+            if not tok.startswith("-") or tok == "-" or tok == "--" or self._negative_number_matcher.match(tok):
+                continue
+            name = tok.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            if self.allow_abbrev and name.startswith("--") and any(o.startswith(name) for o in known):
+                continue  # an abbreviation argparse resolves (or reports as ambiguous) itself
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            return f"unrecognized option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        return None
 
     def error(self, message):  # noqa: D401 - argparse API
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        seen = list(self._seen_args or [])
+        if not leaf:  # the top level owns only the options before the sub-command
+            seen = seen[: next((i for i, t in enumerate(seen) if not t.startswith("-")), len(seen))]
+        unknown = self._unknown_message(seen)
+        if unknown is not None and not message.startswith("unrecognized option"):
+            message = unknown  # the typo first: it is usually why a required option looks missing
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
         sys.exit(EXIT_USAGE)
 

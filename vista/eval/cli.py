@@ -8,9 +8,11 @@ Wire-up (in vista/cli.py)::
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
+from ..cli import UsageError
 from .readers import BENCHMARKS
 
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10)
@@ -59,7 +61,7 @@ def _per_bench(values, n: int, flag: str):
     if values is None:
         return [None] * n
     if len(values) != n:
-        raise SystemExit(f"vista eval: error: {flag} takes one value per --bench ({n}), got {len(values)}")
+        raise UsageError(f"{flag} takes one value per --bench ({n}), got {len(values)}")
     return list(values)
 
 
@@ -83,11 +85,17 @@ def cmd_eval(args, answer_factory=None) -> int:
     from .runner import check_retentions, pipeline_answer_factory, render_markdown, run_sweep, write_outputs
 
     n = len(args.bench)
+    for name in args.bench:
+        if str(name).lower() not in BENCHMARKS:
+            close = difflib.get_close_matches(str(name).lower(), BENCHMARKS, n=1)
+            raise UsageError(f"--bench {name}: unknown benchmark"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; choose from {', '.join(BENCHMARKS)}")
     if len(args.data) != n:
-        raise SystemExit(f"vista eval: error: --data takes one folder per --bench ({n}), got {len(args.data)}")
+        raise UsageError(f"--data takes one folder per --bench ({n}), got {len(args.data)}")
     dups = sorted({b for b in args.bench if args.bench.count(b) > 1})
     if dups:
-        raise SystemExit(f"vista eval: error: --bench {' '.join(dups)} given more than once; results are "
+        raise UsageError(f"--bench {' '.join(dups)} given more than once; results are "
                          f"cached by benchmark/question, so two {dups[0]!r} runs would overwrite each other. "
                          f"Run them separately, each with its own --out/--cache")
     anns = _per_bench(args.annotation, n, "--annotation")
@@ -95,30 +103,30 @@ def cmd_eval(args, answer_factory=None) -> int:
     try:
         retentions = check_retentions(args.retention)
     except ValueError as e:
-        raise SystemExit(f"vista eval: error: --{e}") from None
+        raise UsageError(f"--{e}") from None
     if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"vista eval: error: --limit must be >= 1, got {args.limit}")
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
     if args.num_frames < 1:
-        raise SystemExit(f"vista eval: error: --num-frames must be >= 1, got {args.num_frames}")
+        raise UsageError(f"--num-frames must be >= 1, got {args.num_frames}")
     if args.max_new_tokens < 1:
-        raise SystemExit(f"vista eval: error: --max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if answer_factory is None and not Path(args.model).exists():
-        raise SystemExit(f"vista eval: error: --model {args.model} does not exist")
+        raise UsageError(f"--model {args.model} does not exist")
     if args.scout is not None and not Path(args.scout).exists():
-        raise SystemExit(f"vista eval: error: --scout {args.scout} does not exist")
+        raise UsageError(f"--scout {args.scout} does not exist")
 
     benches = []
     for name, data, ann, vdir in zip(args.bench, args.data, anns, vdirs):
         try:
             b = load_benchmark(name, data, annotation=ann, video_dir=vdir, limit=args.limit)
         except (OSError, ValueError) as e:
-            raise SystemExit(f"vista eval: error: {name}: {e}") from None
+            raise UsageError(f"{name}: {e}") from None
         print(f"{b.title}: {len(b.samples)} questions"
               + (f", {len(b.missing)} skipped (video not found)" if b.missing else "")
               + (f", {len(b.invalid)} invalid annotations skipped" if b.invalid else ""), file=sys.stderr)
         benches.append(b)
     if not any(b.samples for b in benches):
-        raise SystemExit("vista eval: error: no question has its video; check --data / --video-dir")
+        raise UsageError("no question has its video; check --data / --video-dir")
 
     style = args.prompt_style if args.prompt_style != "auto" else _detect_style(args.model)
     if answer_factory is None:
@@ -131,13 +139,17 @@ def cmd_eval(args, answer_factory=None) -> int:
             "scout": str(Path(args.scout).resolve()) if args.scout else None,
             "max_new_tokens": args.max_new_tokens, "num_frames": args.num_frames, "device": args.device,
             "dtype": args.dtype}
-    try:
-        result = run_sweep(benches, retentions, answer_factory, cache, prompt_style=style, meta=meta,
+    from .runner import ResultCache
+
+    try:  # the cache is opened (and locked) before the model is loaded
+        opened = ResultCache(cache, dict(meta, prompt_style=style))
+    except ValueError as e:  # another run holds the lock, or a cache from another run / not a cache
+        raise UsageError(str(e)) from None
+    with opened:
+        for problem in opened.problems:  # skipped lines: said on stderr, whatever the warning filters
+            print(f"vista eval: note: cache: {problem}", file=sys.stderr)
+        result = run_sweep(benches, retentions, answer_factory, opened, prompt_style=style, meta=meta,
                            progress=not args.no_progress, fail_fast=args.fail_fast)
-    except ValueError as e:
-        if str(e).startswith("cache:"):
-            raise SystemExit(f"vista eval: error: {e}") from None
-        raise
     summary = result.summary()
     jp, mp = write_outputs(summary, out)
     print(render_markdown(summary))
@@ -146,12 +158,10 @@ def cmd_eval(args, answer_factory=None) -> int:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (``python -m vista.eval.cli ...``) until ``vista eval`` is wired in."""
-    parser = argparse.ArgumentParser(prog="vista")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_eval_parser(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """``python -m vista.eval.cli ARGS`` is ``vista eval ARGS``."""
+    from ..cli import main as vista_main
+
+    return vista_main(["eval", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
