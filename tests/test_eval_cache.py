@@ -163,15 +163,45 @@ def _one_error_line(capsys, *needles):
     return err[-1]
 
 
-def test_second_eval_on_the_same_out_exits_2(tmp_path, capsys, fake_pipeline):
-    holder = ResultCache(tmp_path / "out" / "cache.jsonl", {})  # a run in progress on --out
+def test_second_eval_on_the_same_out_exits_2(tmp_path, capsys, fake_pipeline, monkeypatch):
+    import threading
+
+    import vista.eval.runner as runner
+
+    started, release = threading.Event(), threading.Event()
+    factory = runner.pipeline_answer_factory
+
+    def gated(*a, **k):  # the first run stops inside its first answer until the second has tried
+        make = factory(*a, **k)
+
+        def make_gated(r):
+            fn = make(r)
+
+            def answer(video, prompt, clip=None):
+                started.set()
+                assert release.wait(30)
+                return fn(video, prompt, clip)
+
+            return answer
+
+        return make_gated
+
+    monkeypatch.setattr(runner, "pipeline_answer_factory", gated)
+    rc = {}
+    first = threading.Thread(target=lambda: rc.setdefault("first", main(_eval_argv(tmp_path))))
+    first.start()
     try:
-        assert main(_eval_argv(tmp_path)) == 2
+        assert started.wait(30)
+        monkeypatch.setattr(runner, "pipeline_answer_factory", factory)
+        assert main(_eval_argv(tmp_path)) == 2  # same --out while the first run is answering
+        _one_error_line(capsys, "is in use by another vista eval", str(tmp_path / "out" / "cache.jsonl"))
     finally:
-        holder.close()
-    _one_error_line(capsys, "is in use by another vista eval", str(tmp_path / "out" / "cache.jsonl"))
-    assert fake_pipeline == []  # nothing answered twice
-    assert main(_eval_argv(tmp_path)) == 0 and len(fake_pipeline) == 3
+        release.set()
+        first.join(30)
+    assert rc["first"] == 0 and len(fake_pipeline) == 3  # each question answered once
+    lines = (tmp_path / "out" / "cache.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 3
+    assert main(_eval_argv(tmp_path)) == 0 and len(fake_pipeline) == 3  # the lock was released: resumes
 
 
 def test_eval_notes_skipped_cache_lines_on_stderr(tmp_path, capsys, fake_pipeline):

@@ -247,10 +247,65 @@ def _demo_table(res) -> List[str]:
     return lines
 
 
+DEMO_MODEL_DIRS = {"model": "llava-onevision-tiny", "scout": "scout-tiny"}
+
+
+def _save_dir_atomically(final: str, save) -> None:
+    """``save(tmp)`` into a fresh folder next to ``final``, fsync its files, then rename it into place
+    (an existing ``final`` is replaced only once the new copy is complete)."""
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", dir=parent)
+    try:
+        save(tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        old = None
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=parent)
+            os.replace(final, os.path.join(old, "x"))
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
+    """Write the demo's tiny models (``save_pretrained`` layout) under ``folder``; say how to use them."""
+    m = os.path.join(folder, DEMO_MODEL_DIRS["model"])
+
+    def save_model(tmp):
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    _save_dir_atomically(m, save_model)
+    lines = [f"saved the tiny LLaVA-OneVision model + processor to {m}"]
+    use = f'vista ask VIDEO "QUESTION" --model {m}'
+    if scout is not None:
+        sc = os.path.join(folder, DEMO_MODEL_DIRS["scout"])
+        _save_dir_atomically(sc, scout.save_pretrained)
+        lines.append(f"saved the tiny BLIP-2 scout to {sc}")
+        use += f" --scout {sc}"
+    lines.append(f"use them offline, e.g.: {use}")
+    return lines
+
+
 def cmd_demo(args) -> int:
     import tempfile
 
     _check_map_path(args.save_map)
+    if args.save_models and os.path.exists(args.save_models) and not os.path.isdir(args.save_models):
+        raise UsageError(f"--save-models {args.save_models}: exists and is not a directory")
     progress = _show_progress(args)
     out = (lambda *a: None) if args.json else print
     _quiet_transformers()
@@ -270,6 +325,9 @@ def cmd_demo(args) -> int:
         model, processor = build_tiny_llava_onevision(seed=args.seed)
         scout = None if args.no_scout else build_tiny_scout(seed=args.seed)
         build_s = time.perf_counter() - t0
+        if args.save_models:
+            for line in _save_demo_models(args.save_models, model, processor, scout):
+                out(line)
         out(f"models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
             + ("" if scout is None else " + tiny random BLIP-2 scout")
             + f", built in {build_s:.1f}s -- random weights: the answer is noise, the pruning is real")
@@ -294,8 +352,24 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------------ parser / main
 
 
-def build_parser() -> argparse.ArgumentParser:
+_COMMANDS = ("ask", "demo", "eval", "train-scout")
+
+
+def _command_in(argv: Optional[List[str]]) -> Optional[str]:
+    """The sub-command named in ``argv`` (its first non-option word), or None."""
+    for tok in argv or []:
+        if not tok.startswith("-"):
+            return tok if tok in _COMMANDS else None
+    return None
+
+
+def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``vista`` parser. With ``full=False`` only the sub-command named in ``argv`` gets its
+    options; the others are registered by name and help line only, so ``vista --version`` /
+    ``vista --help`` import neither torch nor transformers (train-scout's options need torch)."""
     from . import __version__
+
+    wanted = None if full else _command_in(argv)
 
     p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
     p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
@@ -339,15 +413,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--save-map", metavar="PNG", default="vista_demo_map.png",
                    help="token map picture (default vista_demo_map.png)")
     d.add_argument("--no-scout", action="store_true", help="run without the semantic scout (anchors only)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video")
+    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video (default 0)")
+    d.add_argument("--save-models", metavar="DIR", default=None,
+                   help=f"also save the tiny models to DIR/{DEMO_MODEL_DIRS['model']} and "
+                        f"DIR/{DEMO_MODEL_DIRS['scout']}, for offline `vista ask/eval/train-scout` (default: not saved)")
     common(d, 16)
     d.set_defaults(func=cmd_demo)
 
-    from .eval.cli import add_eval_parser
-    from .scout.train import add_train_scout_parser
+    if full or wanted == "eval":
+        from .eval.cli import add_eval_parser
 
-    add_eval_parser(sub)
-    add_train_scout_parser(sub)
+        add_eval_parser(sub)
+    else:
+        sub.add_parser("eval", help="accuracy / FLOPs / latency sweep over retention ratios on local benchmark files")
+    if full or wanted == "train-scout":
+        from .scout.train import add_train_scout_parser
+
+        add_train_scout_parser(sub)
+    else:
+        sub.add_parser("train-scout", help="fine-tune the BLIP-2 semantic scout on Visual Genome region "
+                                           "descriptions (paper App. A)")
     return p
 
 
@@ -371,7 +456,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv, full=False)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already reported

@@ -27,30 +27,31 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
             "files, one pass per retention ratio. Every answered question is cached in a JSONL file, so an "
             "interrupted run resumes where it stopped. Writes results.json and results.md to --out."
         ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every option's help shows its default
     )
-    p.add_argument("--model", required=True, help="model directory (transformers format)")
-    p.add_argument("--bench", nargs="+", required=True, metavar="NAME",
+    p.add_argument("--model", required=True, default=argparse.SUPPRESS, help="model directory (transformers format)")
+    p.add_argument("--bench", nargs="+", required=True, default=argparse.SUPPRESS, metavar="NAME",
                    help=f"benchmark(s): {', '.join(BENCHMARKS)}")
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR",
+    p.add_argument("--data", nargs="+", required=True, default=argparse.SUPPRESS, metavar="DIR",
                    help="benchmark folder(s), one per --bench, in the published layout "
                         "(for jsonl: the .jsonl file or its folder)")
     p.add_argument("--annotation", nargs="+", default=None, metavar="FILE",
-                   help="annotation file(s), one per --bench, overriding the default file in --data")
+                   help="annotation file(s), one per --bench, overriding the default file in --data (None: the default)")
     p.add_argument("--video-dir", nargs="+", default=None, metavar="DIR",
-                   help="video folder(s), one per --bench, overriding the default folder in --data")
+                   help="video folder(s), one per --bench, overriding the default folder in --data (None: the default)")
     p.add_argument("--retention", nargs="+", type=float, default=list(DEFAULT_RETENTIONS), metavar="R",
-                   help="retention ratios in (0, 1] (default: 1.0 0.25 0.15 0.10); include 1.0 for relative accuracy")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of each benchmark")
-    p.add_argument("--scout", default=None, metavar="PATH", help="semantic scout (BLIP-2 ITM) directory")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="model dtype")
-    p.add_argument("--num-frames", type=int, default=64, help="frames sampled per video (default: 64, the paper's)")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length (default: 16)")
+                   help="retention ratios in (0, 1]; include 1.0 for relative accuracy")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N questions of each benchmark (None: all)")
+    p.add_argument("--scout", default=None, metavar="PATH", help="semantic scout (BLIP-2 ITM) directory (None: anchors only)")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="model dtype (None: the loader's)")
+    p.add_argument("--num-frames", type=int, default=64, help="frames sampled per video (64: the paper's)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy decoding length")
     p.add_argument("--prompt-style", default="auto", choices=["auto", "llava", "qwen"],
                    help="prompt template; auto picks from the model's config")
-    p.add_argument("--out", default="eval_results", metavar="DIR", help="output folder (default: eval_results)")
+    p.add_argument("--out", default="eval_results", metavar="DIR", help="output folder")
     p.add_argument("--cache", default=None, metavar="FILE",
-                   help="per-question results cache (default: OUT/cache.jsonl)")
+                   help="per-question results cache (None: OUT/cache.jsonl)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first question whose model call fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
