@@ -394,12 +394,12 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argp
     a.add_argument("question", help="the question, in quotes")
     a.add_argument("--model", required=True, metavar="PATH",
                    help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
-    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
-    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here")
+    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (default: none, every kept token is a DPC-KNN anchor)")
+    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here (default: no map)")
     a.add_argument("--start", type=float, default=None, metavar="SEC",
-                   help="use only the video from this time on (seconds; video files only)")
+                   help="use only the video from this time on (seconds; video files only; default: the start)")
     a.add_argument("--end", type=float, default=None, metavar="SEC",
-                   help="use only the video up to this time (seconds; video files only)")
+                   help="use only the video up to this time (seconds; video files only; default: the end)")
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="model dtype (default: the loader's)")
