@@ -152,7 +152,7 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
         from transformers import Qwen2_5_VLForConditionalGeneration as cls
     try:
         model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    except (ImportError, MemoryError):
+    except (ImportError, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as e:  # a damage the file checks do not see (wrong shapes, bad config values)
         raise ValueError(f"{path}: the model could not be loaded from this directory "
@@ -160,7 +160,7 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
     model.to(dev).eval()
     try:
         processor = AutoProcessor.from_pretrained(path)
-    except (ImportError, MemoryError):
+    except (ImportError, MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as e:
         raise ValueError(f"{path}: the processor could not be loaded from this directory "
