@@ -2,11 +2,13 @@
 
     vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
               [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet]
-    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json]
+    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json] [--save-models DIR]
+    vista eval ... / vista train-scout ...
 
-Exit codes: 0 success; 2 bad input (missing/corrupt video, bad option, incomplete model
-directory), reported as one ``vista: error: ...`` line on stderr with no traceback; 1 an
-unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
+Exit codes: 0 success; 2 bad input (missing/corrupt video, bad or mistyped option, incomplete or
+damaged model directory), reported as one ``vista <command>: error: ...`` line on stderr with no
+traceback; 1 an unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
+``vista --version`` / ``--help`` import neither torch nor transformers (see :func:`build_parser`).
 """
 from __future__ import annotations
 
