@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..cli import UsageError
-from .readers import BENCHMARKS
+from .readers import _ALIASES, BENCHMARKS
 
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10)
 
@@ -87,8 +87,8 @@ def cmd_eval(args, answer_factory=None) -> int:
 
     n = len(args.bench)
     for name in args.bench:
-        if str(name).lower() not in BENCHMARKS:
-            close = difflib.get_close_matches(str(name).lower(), BENCHMARKS, n=1)
+        if str(name).lower() not in BENCHMARKS and str(name).lower() not in _ALIASES:
+            close = difflib.get_close_matches(str(name).lower(), [*BENCHMARKS, *_ALIASES], n=1)
             raise UsageError(f"--bench {name}: unknown benchmark"
                              + (f" (did you mean {close[0]!r}?)" if close else "")
                              + f"; choose from {', '.join(BENCHMARKS)}")
