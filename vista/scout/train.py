@@ -1219,8 +1219,9 @@ def add_train_scout_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=d.num_workers, metavar="N",
                    help="data-loader worker processes")
     p.add_argument("--no-bf16", dest="bf16", action="store_false",
-                   help="no bf16 autocast on CUDA (bf16 is on by default)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+                   help="disable bf16 autocast on CUDA (the default shown is the bf16 setting)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (the default shown is the progress-bar setting)")
     p.set_defaults(func=cmd_train_scout)
     return p
 
