@@ -14,7 +14,7 @@ def test_defaults_match_paper():
     assert c.knn_k == 7
     assert c.alpha == 0.5
     assert c.min_frame_ratio == 0.10
-    assert c.newline == "grid"
+    assert c.newline == "one"
     assert c.backend == "auto"
 
 
@@ -53,7 +53,7 @@ def test_valid_retentions_accepted_and_stored_as_float(retention):
     assert isinstance(c.retention, float) and c.retention == float(retention)
 
 
-@pytest.mark.parametrize("newline", ["grid", "none"])
+@pytest.mark.parametrize("newline", ["one", "none"])
 @pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
 def test_valid_choices(newline, backend):
     c = VistaConfig(newline=newline, backend=backend)
@@ -90,3 +90,12 @@ def test_to_dict_round_trip():
     d = c.to_dict()
     assert d["retention"] == 0.25 and d["tau"] == 0.9 and d["knn_k"] == 5
     assert VistaConfig(**d) == c
+
+
+def test_newline_grid_is_rejected_naming_one():
+    # transformers' LLaVA video layout has a single newline token a video; the paper's per-row
+    # "Grid" layout does not exist there, so the old name "grid" must not silently mean "one"
+    with pytest.raises(ValueError, match='newline="one"'):
+        VistaConfig(newline="grid")
+    with pytest.raises(ValueError, match="'one'"):
+        VistaConfig(newline="x")

@@ -6,6 +6,7 @@ import warnings
 import pytest
 
 from eval_fixtures import write_jsonl, write_videomme
+from vista.cli import UsageError
 from vista.eval.cli import add_eval_parser, cmd_eval
 from vista.eval.readers import load_benchmark
 from vista.eval.runner import (
@@ -140,7 +141,7 @@ def test_truncated_cache_line_is_recomputed(tmp_path, bench6):
     lines = cache.read_text().splitlines()
     cache.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])  # cut mid-write
     again = FakeModel(bench6)
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="incomplete last line"):
         res = run_sweep([bench6], [1.0], again, cache, progress=False)
     assert len(again.calls) == 1 and res.summary()["results"]["1"]["benchmarks"]["jsonl"]["n"] == 6
 
@@ -288,17 +289,17 @@ def test_cli_bad_arguments(tmp_path, extra, match):
     argv = ["eval", "--model", str(tmp_path), "--bench", "jsonl", "--data", str(data),
             "--out", str(tmp_path / "o"), "--no-progress"]
     args = _parse(argv + extra)
-    with pytest.raises(SystemExit, match=match):
+    with pytest.raises(UsageError, match=match):
         cmd_eval(args, answer_factory=lambda r: None)
 
 
 def test_cli_missing_model_and_data(tmp_path):
     data = write_jsonl(tmp_path / "set", n=2)
     args = _parse(["eval", "--model", str(tmp_path / "nomodel"), "--bench", "jsonl", "--data", str(data)])
-    with pytest.raises(SystemExit, match="--model .* does not exist"):
+    with pytest.raises(UsageError, match="--model .* does not exist"):
         cmd_eval(args)
     args = _parse(["eval", "--model", str(tmp_path), "--bench", "videomme", "--data", str(tmp_path / "none")])
-    with pytest.raises(SystemExit, match="videomme: data_dir"):
+    with pytest.raises(UsageError, match="videomme: data_dir"):
         cmd_eval(args, answer_factory=lambda r: None)
 
 
@@ -308,7 +309,7 @@ def test_cli_no_video_found(tmp_path):
                    "--out", str(tmp_path / "out")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(SystemExit, match="no question has its video"):
+        with pytest.raises(UsageError, match="no question has its video"):
             cmd_eval(args, answer_factory=lambda r: None)
 
 
@@ -322,7 +323,7 @@ def test_same_benchmark_twice_in_one_sweep_is_refused(tmp_path):
     args = _parse(["eval", "--model", str(tmp_path), "--bench", "jsonl", "jsonl", "--data",
                    str(tmp_path / "one" / "set.jsonl"), str(tmp_path / "two" / "set.jsonl"),
                    "--out", str(tmp_path / "o"), "--no-progress"])
-    with pytest.raises(SystemExit, match="--bench jsonl given more than once"):
+    with pytest.raises(UsageError, match="--bench jsonl given more than once"):
         cmd_eval(args, answer_factory=lambda r: None)
 
 

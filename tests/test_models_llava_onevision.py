@@ -67,7 +67,7 @@ def test_pruned_length_and_kept_rows(mp, video, retention, monkeypatch):
     batch = inputs(proc, [video], [QUESTION])
     M = retained_count(T, N, retention)
     text_len = full["input_ids"].shape[1] - (T * N + 1)
-    assert batch["input_ids"].shape[1] == text_len + M + 1  # + the model's own newline ("grid")
+    assert batch["input_ids"].shape[1] == text_len + M + 1  # + the model's own newline ("one")
     seen_q = spy_prune_questions(monkeypatch)
     with capture_llm(model) as calls:
         logits(model, batch)

@@ -38,7 +38,7 @@ def test_ask_result(result):
     assert isinstance(result, AskResult)
     assert isinstance(result.answer, str) and result.answer == result.answer.strip()
     assert result.frames == 8 and result.frames_requested == 8 and result.notes == []
-    # LLaVA-OneVision: T*196 tokens + one newline token a video ("grid" layout keeps it)
+    # LLaVA-OneVision: T*196 tokens + one newline token a video ("one" layout keeps it)
     assert result.tokens_before == 8 * 196 + 1
     assert result.tokens_after == vista.retained_count(8, 196, 0.15) + 1
     assert 1 <= result.new_tokens <= 4

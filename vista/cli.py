@@ -2,11 +2,13 @@
 
     vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
               [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet]
-    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json]
+    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json] [--save-models DIR]
+    vista eval ... / vista train-scout ...
 
-Exit codes: 0 success; 2 bad input (missing/corrupt video, bad option, incomplete model
-directory), reported as one ``vista: error: ...`` line on stderr with no traceback; 1 an
-unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
+Exit codes: 0 success; 2 bad input (missing/corrupt video, bad or mistyped option, incomplete or
+damaged model directory), reported as one ``vista <command>: error: ...`` line on stderr with no
+traceback; 1 an unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
+``vista --version`` / ``--help`` import neither torch nor transformers (see :func:`build_parser`).
 """
 from __future__ import annotations
 
@@ -28,9 +30,59 @@ class UsageError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error report (``vista ask: error: ...``) and exit code 2."""
+    """argparse with a one-line error report (``vista ask: error: ...``) and exit code 2.
+
+    A mistyped option is reported first, by the sub-command it was given to, with the closest
+    option name (``vista ask: error: unrecognized option '--retnetion' (did you mean
+    '--retention'?)``), instead of argparse's "the following arguments are required" (which hides
+    the typo when the typo was a required option) or the top-level ``vista: error:``.
+    """
+
+    _seen_args: Optional[List[str]] = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._seen_args = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            target = self._subparser_for(ns) or self
+            target.error(target._unknown_message(extras) or f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def _subparser_for(self, ns) -> Optional["_Parser"]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(ns, action.dest, None) or "")
+                return sub if isinstance(sub, _Parser) else None
+        return None
+
+    def _unknown_message(self, tokens) -> Optional[str]:
+        """``unrecognized option '--x' (did you mean '--y'?)`` for the first unknown option in ``tokens``."""
+        import difflib
+
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        for tok in tokens:
+            if not tok.startswith("-") or tok == "-" or tok == "--" or self._negative_number_matcher.match(tok):
+                continue
+            name = tok.split("=", 1)[0]
+            if name in self._option_string_actions:
+                continue
+            if self.allow_abbrev and name.startswith("--") and any(o.startswith(name) for o in known):
+                continue  # an abbreviation argparse resolves (or reports as ambiguous) itself
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            return f"unrecognized option {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        return None
 
     def error(self, message):  # noqa: D401 - argparse API
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+        seen = list(self._seen_args or [])
+        if not leaf:  # the top level owns only the options before the sub-command
+            seen = seen[: next((i for i, t in enumerate(seen) if not t.startswith("-")), len(seen))]
+        unknown = self._unknown_message(seen)
+        if unknown is not None and not message.startswith("unrecognized option"):
+            message = unknown  # the typo first: it is usually why a required option looks missing
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
         sys.exit(EXIT_USAGE)
 
@@ -197,10 +249,65 @@ def _demo_table(res) -> List[str]:
     return lines
 
 
+DEMO_MODEL_DIRS = {"model": "llava-onevision-tiny", "scout": "scout-tiny"}
+
+
+def _save_dir_atomically(final: str, save) -> None:
+    """``save(tmp)`` into a fresh folder next to ``final``, fsync its files, then rename it into place
+    (an existing ``final`` is replaced only once the new copy is complete)."""
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(final))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", dir=parent)
+    try:
+        save(tmp)
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        old = None
+        if os.path.exists(final):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=parent)
+            os.replace(final, os.path.join(old, "x"))
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
+    """Write the demo's tiny models (``save_pretrained`` layout) under ``folder``; say how to use them."""
+    m = os.path.join(folder, DEMO_MODEL_DIRS["model"])
+
+    def save_model(tmp):
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    _save_dir_atomically(m, save_model)
+    lines = [f"saved the tiny LLaVA-OneVision model + processor to {m}"]
+    use = f'vista ask VIDEO "QUESTION" --model {m}'
+    if scout is not None:
+        sc = os.path.join(folder, DEMO_MODEL_DIRS["scout"])
+        _save_dir_atomically(sc, scout.save_pretrained)
+        lines.append(f"saved the tiny BLIP-2 scout to {sc}")
+        use += f" --scout {sc}"
+    lines.append(f"use them offline, e.g.: {use}")
+    return lines
+
+
 def cmd_demo(args) -> int:
     import tempfile
 
     _check_map_path(args.save_map)
+    if args.save_models and os.path.exists(args.save_models) and not os.path.isdir(args.save_models):
+        raise UsageError(f"--save-models {args.save_models}: exists and is not a directory")
     progress = _show_progress(args)
     out = (lambda *a: None) if args.json else print
     _quiet_transformers()
@@ -220,6 +327,9 @@ def cmd_demo(args) -> int:
         model, processor = build_tiny_llava_onevision(seed=args.seed)
         scout = None if args.no_scout else build_tiny_scout(seed=args.seed)
         build_s = time.perf_counter() - t0
+        if args.save_models:
+            for line in _save_demo_models(args.save_models, model, processor, scout):
+                out(line)
         out(f"models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
             + ("" if scout is None else " + tiny random BLIP-2 scout")
             + f", built in {build_s:.1f}s -- random weights: the answer is noise, the pruning is real")
@@ -244,8 +354,24 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------------ parser / main
 
 
-def build_parser() -> argparse.ArgumentParser:
+_COMMANDS = ("ask", "demo", "eval", "train-scout")
+
+
+def _command_in(argv: Optional[List[str]]) -> Optional[str]:
+    """The sub-command named in ``argv`` (its first non-option word), or None."""
+    for tok in argv or []:
+        if not tok.startswith("-"):
+            return tok if tok in _COMMANDS else None
+    return None
+
+
+def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``vista`` parser. With ``full=False`` only the sub-command named in ``argv`` gets its
+    options; the others are registered by name and help line only, so ``vista --version`` /
+    ``vista --help`` import neither torch nor transformers (train-scout's options need torch)."""
     from . import __version__
+
+    wanted = None if full else _command_in(argv)
 
     p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
     p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
@@ -270,12 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("question", help="the question, in quotes")
     a.add_argument("--model", required=True, metavar="PATH",
                    help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
-    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
-    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here")
+    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (default: none, every kept token is a DPC-KNN anchor)")
+    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here (default: no map)")
     a.add_argument("--start", type=float, default=None, metavar="SEC",
-                   help="use only the video from this time on (seconds; video files only)")
+                   help="use only the video from this time on (seconds; video files only; default: the start)")
     a.add_argument("--end", type=float, default=None, metavar="SEC",
-                   help="use only the video up to this time (seconds; video files only)")
+                   help="use only the video up to this time (seconds; video files only; default: the end)")
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="model dtype (default: the loader's)")
@@ -289,15 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--save-map", metavar="PNG", default="vista_demo_map.png",
                    help="token map picture (default vista_demo_map.png)")
     d.add_argument("--no-scout", action="store_true", help="run without the semantic scout (anchors only)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video")
+    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video (default 0)")
+    d.add_argument("--save-models", metavar="DIR", default=None,
+                   help=f"also save the tiny models to DIR/{DEMO_MODEL_DIRS['model']} and "
+                        f"DIR/{DEMO_MODEL_DIRS['scout']}, for offline `vista ask/eval/train-scout` (default: not saved)")
     common(d, 16)
     d.set_defaults(func=cmd_demo)
 
-    from .eval.cli import add_eval_parser
-    from .scout.train import add_train_scout_parser
+    if full or wanted == "eval":
+        from .eval.cli import add_eval_parser
 
-    add_eval_parser(sub)
-    add_train_scout_parser(sub)
+        add_eval_parser(sub)
+    else:
+        sub.add_parser("eval", help="accuracy / FLOPs / latency sweep over retention ratios on local benchmark files")
+    if full or wanted == "train-scout":
+        from .scout.train import add_train_scout_parser
+
+        add_train_scout_parser(sub)
+    else:
+        sub.add_parser("train-scout", help="fine-tune the BLIP-2 semantic scout on Visual Genome region "
+                                           "descriptions (paper App. A)")
     return p
 
 
@@ -321,7 +458,9 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv, full=False)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error already reported

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
-NEWLINE_MODES = ("grid", "none")
+NEWLINE_MODES = ("one", "none")
 BACKENDS = ("auto", "triton", "torch")
 
 
@@ -41,7 +41,11 @@ class VistaConfig:
         knn_k: k of the kNN density in DPC-KNN (7).
         alpha: soft-aggregation blend weight a (0.5): anchor -> (1 - a) v + a mean(cluster).
         min_frame_ratio: b_min = max(1, round(min_frame_ratio * N)), capped at floor(B_total / T).
-        newline: LLaVA video layout: "grid" keeps the model's own newline token(s), "none" drops it.
+        newline: LLaVA video layout: "one" keeps the single newline token that transformers'
+            LLaVA-OneVision / LLaVA-Video port appends after a video's tokens; "none" drops it.
+            (The paper's "Grid" layout, a newline after every row of every frame, does not exist in
+            the stock transformers port, and its per-row count would depend on which rows keep
+            tokens, which the processor cannot know before the model prunes; "grid" is rejected.)
         backend: kernel backend for the pruning ops: "auto" | "triton" | "torch".
     """
 
@@ -51,7 +55,7 @@ class VistaConfig:
     knn_k: int = 7
     alpha: float = 0.5
     min_frame_ratio: float = 0.10
-    newline: str = "grid"
+    newline: str = "one"
     backend: str = "auto"
 
     def __post_init__(self):
@@ -67,6 +71,11 @@ class VistaConfig:
         object.__setattr__(
             self, "min_frame_ratio", _check_number("min_frame_ratio", self.min_frame_ratio, 0.0, 1.0)
         )
+        if self.newline == "grid":
+            raise ValueError(
+                'newline="grid" is not supported: transformers\' LLaVA video layout has one newline token '
+                'a video (no per-row newlines); use newline="one" (the default) to keep it or "none" to drop it'
+            )
         if self.newline not in NEWLINE_MODES:
             raise ValueError(f"newline must be one of {NEWLINE_MODES}, got {self.newline!r}")
         if self.backend not in BACKENDS:

@@ -504,7 +504,7 @@ class VistaPipeline:
         """Visual tokens the LLM receives without Vista and with it.
 
         ``after`` counts the video placeholders in the prompt the patched processor built (kept
-        tokens, plus LLaVA's newline token in the "grid" layout); ``before`` adds back what the
+        tokens, plus LLaVA's newline token in the "one" layout); ``before`` adds back what the
         pruner removed (and the newline the "none" layout drops), i.e. the stock model's count.
         """
         cfg = getattr(self.model, "config", None)

@@ -11,6 +11,7 @@
 from .prompt import ANSWER_INSTRUCTION, build_prompt, extract_letter
 from .readers import BENCHMARKS, Benchmark, Sample, load_benchmark
 from .runner import (
+    CacheLockedError,
     ResultCache,
     SweepResult,
     approx_prefill_flops,
@@ -25,6 +26,7 @@ __all__ = [
     "ANSWER_INSTRUCTION",
     "BENCHMARKS",
     "Benchmark",
+    "CacheLockedError",
     "ResultCache",
     "Sample",
     "SweepResult",

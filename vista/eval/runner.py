@@ -208,33 +208,128 @@ def normalize_stats(stats) -> dict:
 # cache
 # ---------------------------------------------------------------------------------------------
 
+class CacheLockedError(ValueError):
+    """Another process holds the cache's lock (a second ``vista eval`` on the same output)."""
+
+
 class ResultCache:
     """Append-only JSONL of scored samples.  Line 1 is ``{"_meta": {...}}`` describing the run
     (model, prompt style, decoding); resuming with a different description is refused, since the
-    cached answers would not be comparable.  Keys in ``INFO_ONLY`` (the device) may differ."""
+    cached answers would not be comparable.  Keys in ``INFO_ONLY`` (the device) may differ.
+
+    Opening the cache takes an exclusive ``fcntl.flock`` on ``<cache>.lock`` (held until
+    :meth:`close`, or until the process ends, however it ends): a second sweep on the same cache
+    raises :class:`CacheLockedError` instead of answering every question a second time.  A last
+    line without its newline (a write cut short by a kill) is cut off the file on open; any other
+    unreadable line (not UTF-8, not JSON, a required field missing or of the wrong type) is skipped,
+    that sample is recomputed, and ``problems`` holds one ``"FILE:LINE: what"`` string per line.
+    """
 
     INFO_ONLY = frozenset({"device"})
+    REQUIRED = {"key": str, "qid": str, "retention": (int, float), "correct": bool, "stats": dict}
 
     def __init__(self, path, meta: Optional[dict] = None):
         self.path = Path(path).expanduser()
         self.meta = dict(meta or {}, cache_version=CACHE_VERSION)
         self.records: Dict[str, dict] = {}
         self.dropped_lines = 0
+        self.problems: List[str] = []
+        self._lock_file = None
         if self.path.exists() and self.path.is_dir():
             raise IsADirectoryError(f"cache: {self.path} is a directory, expected a .jsonl file")
-        if self.path.exists() and self.path.stat().st_size > 0:
-            self._load()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"_meta": self.meta}, sort_keys=True) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            if self.path.exists() and self.path.stat().st_size > 0:
+                self._load()
+            else:
+                with open(self.path, "w", encoding="utf-8") as f:
+                    f.write(json.dumps({"_meta": self.meta}, sort_keys=True) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lock -----------------------------------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def _lock(self) -> None:
+        import fcntl
+
+        f = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise CacheLockedError(
+                f"cache: {self.path} is in use by another vista eval (lock {self.lock_path} is held); "
+                f"wait for that run to finish or give this one another --out/--cache") from None
+        except BaseException:
+            f.close()
+            raise
+        self._lock_file = f
+
+    def close(self) -> None:
+        """Release the lock (idempotent); the records stay readable."""
+        f, self._lock_file = self._lock_file, None
+        if f is not None:
+            f.close()  # closing the descriptor releases the flock
+
+    def __enter__(self) -> "ResultCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort; close() is the API
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- reading --------------------------------------------------------------------------------
+    def _problem(self, n: int, what: str) -> None:
+        msg = f"{self.path}:{n}: {what}"
+        self.problems.append(msg)
+        warnings.warn(f"cache: {msg}")
+
+    def _record_problem(self, rec) -> Optional[str]:
+        if not isinstance(rec, dict):
+            return f"a JSON {type(rec).__name__}, expected a record object"
+        for name, typ in self.REQUIRED.items():
+            if name not in rec:
+                return f"record has no {name!r} field"
+            v = rec[name]
+            if not isinstance(v, typ) or (name == "retention" and isinstance(v, bool)):
+                return f"record field {name!r} is a {type(v).__name__}"
+        return None
 
     def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            # the last line was cut short by a kill: drop it for good (its sample is recomputed)
+            cut = data.rfind(b"\n") + 1
+            torn_line = data.count(b"\n", 0, cut) + 1
+            if cut == 0:
+                raise ValueError(f"cache: {self.path} is not a vista eval cache (its first line is incomplete)")
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+                f.flush()
+                os.fsync(f.fileno())
+            data = data[:cut]
+            self.dropped_lines += 1
+            self._problem(torn_line, "incomplete last line (a write cut short); removed from the file, "
+                                     "that question is recomputed")
+        lines = data.split(b"\n")[:-1]
         try:
-            head = json.loads(lines[0])
+            head = json.loads(lines[0].decode("utf-8"))
             old = head["_meta"]
-        except (json.JSONDecodeError, KeyError, TypeError, IndexError):
+            if not isinstance(old, dict):
+                raise TypeError
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError):
             raise ValueError(f"cache: {self.path} is not a vista eval cache (first line has no _meta)") from None
         diff = sorted(k for k in set(old) | set(self.meta)
                       if k not in self.INFO_ONLY and old.get(k) != self.meta.get(k))
@@ -242,19 +337,28 @@ class ResultCache:
             detail = ", ".join(f"{k}: cached {old.get(k)!r} vs now {self.meta.get(k)!r}" for k in diff)
             raise ValueError(f"cache: {self.path} was written by a different run ({detail}); "
                              f"use another --cache file or delete this one")
-        for n, line in enumerate(lines[1:], 2):
-            if not line.strip():
+        for n, raw in enumerate(lines[1:], 2):
+            if not raw.strip():
                 continue
             try:
-                rec = json.loads(line)
-                self.records[rec["key"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                # a line cut short by an interruption: that sample is simply recomputed
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
                 self.dropped_lines += 1
-                warnings.warn(f"cache: {self.path}:{n} is unreadable (interrupted write?); recomputing it")
-        if lines and not self.path.read_bytes().endswith(b"\n"):
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write("\n")
+                self._problem(n, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                 f"skipped, that question is recomputed")
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                self.dropped_lines += 1
+                self._problem(n, f"not JSON ({e.msg} at column {e.colno}); skipped, that question is recomputed")
+                continue
+            bad = self._record_problem(rec)
+            if bad is not None:
+                self.dropped_lines += 1
+                self._problem(n, f"{bad}; skipped, that question is recomputed")
+                continue
+            self.records[rec["key"]] = rec
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -282,6 +386,7 @@ class SweepResult:
     errors: List[dict] = field(default_factory=list)
     computed: int = 0  # samples answered by the model in this call (not from the cache)
     meta: dict = field(default_factory=dict)
+    cache_problems: List[str] = field(default_factory=list)  # "FILE:LINE: what" per skipped cache line
 
     def summary(self) -> dict:
         return summarize(self)
@@ -329,8 +434,15 @@ def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: Answe
     check_benchmark_names(benchmarks)
     meta = dict(meta or {}, prompt_style=prompt_style)
     if not isinstance(cache, ResultCache):
-        cache = ResultCache(cache, meta)
+        with ResultCache(cache, meta) as opened:  # holds the cache's lock for the whole sweep
+            return _sweep(benchmarks, retentions, make_answer_fn, opened, prompt_style, progress, fail_fast)
+    return _sweep(benchmarks, retentions, make_answer_fn, cache, prompt_style, progress, fail_fast)
+
+
+def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_style: str, progress: bool,
+           fail_fast: bool) -> SweepResult:
     result = SweepResult(retentions, list(benchmarks), {}, meta=cache.meta)
+    result.cache_problems = list(cache.problems)
     samples = [s for b in benchmarks for s in b.samples]
     fingerprints = [sample_fingerprint(s) for s in samples]
     for b in benchmarks:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 from typing import List, Optional
 
@@ -64,8 +63,9 @@ def family_of(model) -> str:
         cfg_path = os.path.join(model, "config.json")
         if not os.path.isfile(cfg_path):
             raise ValueError(f"model directory {os.fspath(model)!r} has no config.json")
-        with open(cfg_path) as f:
-            mt = json.load(f).get("model_type")
+        from ..checkpoint import read_json_object
+
+        mt = read_json_object(cfg_path, "the model config").get("model_type")
     elif isinstance(model, str):
         mt = model
     else:
@@ -131,6 +131,9 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
         raise ValueError(f"checkpoint {path!r} is missing processor_config.json / preprocessor_config.json")
     if not ({"tokenizer.json", "tokenizer_config.json", "vocab.json"} & files):
         raise ValueError(f"checkpoint {path!r} is missing the tokenizer (tokenizer.json / tokenizer_config.json)")
+    from ..checkpoint import check_checkpoint_files
+
+    check_checkpoint_files(path)  # damaged files: a ValueError naming the file, not a transformers crash
     family = family_of(path)
     try:
         dev = torch.device(device)
@@ -147,9 +150,21 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
         from transformers import LlavaOnevisionForConditionalGeneration as cls
     else:
         from transformers import Qwen2_5_VLForConditionalGeneration as cls
-    model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    try:
+        model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except (ImportError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # a damage the file checks do not see (wrong shapes, bad config values)
+        raise ValueError(f"{path}: the model could not be loaded from this directory "
+                         f"({type(e).__name__}: {e})") from e
     model.to(dev).eval()
-    processor = AutoProcessor.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ImportError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: the processor could not be loaded from this directory "
+                         f"({type(e).__name__}: {e})") from e
     return model, processor
 
 

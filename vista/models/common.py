@@ -4,7 +4,7 @@ Design (placeholder-count contract, as vLLM's EVS): the total number of kept tok
 known before the model runs (``retained_count(T, N, retention)``), so
 
 * the patched **processor** emits exactly that many video placeholders (plus LLaVA's newline in the
-  "grid" layout), and
+  "one" layout), and
 * the patched **model** prunes the video features after the projector (and LLaVA's 2x2 pooling) and
   hands exactly that many rows to the stock ``forward``, which scatters them into the placeholders.
 

@@ -5,9 +5,9 @@ tokens a frame) -> all frames concatenated -> one ``image_newline`` token append
 The processor emits ``T * 196 + 1`` ``<video>`` placeholders.
 
 With Vista (retention < 1): the pooled (T, 196, D) features are pruned to
-``retained_count(T, 196, retention)`` rows; ``config.newline == "grid"`` keeps the model's own
+``retained_count(T, 196, retention)`` rows; ``config.newline == "one"`` keeps the model's own
 newline token after them (its layout for videos), ``"none"`` drops it. The patched processor emits
-``retained_count + 1`` (grid) or ``retained_count`` (none) placeholders. The LLM sees ordinary 1-D
+``retained_count + 1`` ("one") or ``retained_count`` (none) placeholders. The LLM sees ordinary 1-D
 positions over the shorter sequence.
 
 Ragged batches (videos with different frame counts in one call), which the stock processor cannot
@@ -51,7 +51,7 @@ class LlavaOnevisionAdapter(AdapterBase):
         T, h, w = item.grid
         if config.retention >= 1.0:
             return T * h * w + 1
-        return retained_count(T, h * w, config.retention) + (1 if config.newline == "grid" else 0)
+        return retained_count(T, h * w, config.retention) + (1 if config.newline == "one" else 0)
 
     @staticmethod
     def full_count(item: VideoItem) -> int:
@@ -94,7 +94,7 @@ class LlavaOnevisionAdapter(AdapterBase):
         rows = []
         for it, pv in zip(items, pruned):
             rows.append(pv.tokens)
-            if config.newline == "grid" or config.retention >= 1.0:
+            if config.newline == "one" or config.retention >= 1.0:
                 rows.append(it.extra["newline"].to(pv.tokens.dtype))
         feats = torch.cat(rows, 0).unsqueeze(0)  # (1, total, D): the forward flattens (0, 1)
         new = type(video_out)(**dict(video_out.items()))
@@ -140,7 +140,7 @@ class LlavaOnevisionAdapter(AdapterBase):
             video = video_inputs["pixel_values_videos"][video_idx]
             T = len(video) if isinstance(video, (list, tuple)) else int(video.shape[0])
             side = math.ceil(int(math.sqrt(processor.num_image_tokens)) / 2)
-            n = retained_count(T, side * side, cfg.retention) + (1 if cfg.newline == "grid" else 0)
+            n = retained_count(T, side * side, cfg.retention) + (1 if cfg.newline == "one" else 0)
             return processor.video_token * n
 
         patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))

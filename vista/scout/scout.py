@@ -19,7 +19,6 @@ and :meth:`SemanticScout.cross_attention` (differentiable) are public so that a 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -103,11 +102,12 @@ def check_checkpoint_dir(path) -> str:
         raise ScoutCheckpointError(
             f"scout checkpoint directory {path!r} is incomplete: missing " + "; ".join(missing) + f". {hint}"
         )
-    try:
-        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError) as e:
-        raise ScoutCheckpointError(f"{os.path.join(path, 'config.json')!r} is not readable JSON ({e}); {hint}") from None
+    from ..checkpoint import CheckpointFileError, check_checkpoint_files
+
+    try:  # damaged files (malformed or null JSON, truncated weights): name the file and the damage
+        model_type = check_checkpoint_files(path, "the Blip2Config").get("model_type")
+    except CheckpointFileError as e:
+        raise ScoutCheckpointError(f"scout checkpoint: {e}") from None
     if model_type != "blip-2":
         raise ScoutCheckpointError(
             f"{path!r} holds a {model_type!r} model, not a BLIP-2 one (config.json model_type must be 'blip-2'); {hint}"

@@ -1447,46 +1447,74 @@ def add_train_scout_parser(subparsers) -> argparse.ArgumentParser:
         "train-scout",
         help="fine-tune the BLIP-2 semantic scout on Visual Genome region descriptions (paper App. A)",
         description="Fine-tune the semantic scout: L = ITM + ITC + alpha*Align with a frozen ViT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every option's help shows its default
     )
-    p.add_argument("--model", default="Salesforce/blip2-itm-vit-g",
-                   help="Blip2ForImageTextRetrieval folder or hub id (default: %(default)s)")
-    p.add_argument("--regions", required=True, help="Visual Genome region_descriptions.json")
-    p.add_argument("--images", required=True, action="append",
+    h = argparse.SUPPRESS  # no "(default: ...)" for required options
+    p.add_argument("--model", default="Salesforce/blip2-itm-vit-g", metavar="PATH|HUB_ID",
+                   help="Blip2ForImageTextRetrieval folder, or a hub id already in the local Hugging Face "
+                        "cache (nothing is downloaded)")
+    p.add_argument("--regions", required=True, default=h, metavar="JSON",
+                   help="Visual Genome region_descriptions.json")
+    p.add_argument("--images", required=True, action="append", default=h, metavar="DIR",
                    help="folder of {image_id}.jpg; repeat for VG_100K and VG_100K_2")
-    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--output", required=True, default=h, metavar="DIR",
+                   help="output folder (checkpoints, log.jsonl, best/, the final scout)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT|auto",
                    help="resume from a checkpoint-N folder, or 'auto' for the newest in --output")
-    p.add_argument("--device", default=None)
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images (quick runs)")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
-    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (default: --epochs passes)")
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--device", default=None, help="torch device (None: cuda when available, else cpu)")
+    p.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="use only the first N images (quick runs; None: all)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                   help="micro-batch of image-phrase pairs (hard negatives are mined inside it)")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, metavar="N",
+                   help="micro-batches per optimizer step")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="N",
+                   help="linear learning-rate warm-up, in optimizer steps")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule,
+                   help="learning-rate schedule after the warm-up")
+    p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm,
+                   help="gradient-norm clipping (0: no clipping)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="optimizer steps (None: --epochs passes over the training split)")
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N",
+                   help="passes over the training split when --max-steps is not given")
     p.add_argument("--alpha", type=float, default=d.alpha, help="weight of the alignment loss")
-    p.add_argument("--top-k", type=int, default=d.top_k)
-    p.add_argument("--mask-temperature", type=float, default=d.mask_temperature)
+    p.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
+                   help="K of the soft top-K patch mask of the alignment loss")
+    p.add_argument("--mask-temperature", type=float, default=d.mask_temperature, metavar="T",
+                   help="temperature T of the soft top-K mask sigmoid((S - tau) / T)")
     p.add_argument("--mask-score-norm", choices=("none", "max"), default=d.mask_score_norm,
-                   help="'max': rescale S to max 1 before the soft top-K mask (default: %(default)s, the "
-                        "paper's mask on eq. 6 scores)")
-    p.add_argument("--itc-temperature", type=float, default=d.itc_temperature)
-    p.add_argument("--projector-hidden", type=int, default=None)
-    p.add_argument("--projector-dropout", type=float, default=d.projector_dropout)
-    p.add_argument("--min-words", type=int, default=d.min_words)
-    p.add_argument("--max-text-len", type=int, default=d.max_text_len)
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--max-eval-batches", type=int, default=d.max_eval_batches)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--save-total-limit", type=int, default=d.save_total_limit)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="no bf16 autocast on CUDA")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+                   help="'max': rescale S to max 1 before the soft top-K mask ('none': the paper's mask "
+                        "on eq. 6 scores)")
+    p.add_argument("--itc-temperature", type=float, default=d.itc_temperature,
+                   help="temperature of the image-text contrastive loss")
+    p.add_argument("--projector-hidden", type=int, default=None, metavar="N",
+                   help="hidden width of the Key Token Projector (None: the vision width)")
+    p.add_argument("--projector-dropout", type=float, default=d.projector_dropout,
+                   help="dropout inside the Key Token Projector")
+    p.add_argument("--min-words", type=int, default=d.min_words, metavar="N",
+                   help="drop region phrases with fewer words")
+    p.add_argument("--max-text-len", type=int, default=d.max_text_len, metavar="N",
+                   help="phrase length limit in tokens")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="share of the images held out for validation")
+    p.add_argument("--max-eval-batches", type=int, default=d.max_eval_batches, metavar="N",
+                   help="validation micro-batches per evaluation")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+                   help="validate every N optimizer steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=d.save_every, metavar="N",
+                   help="write a resumable checkpoint-N/ every N optimizer steps (0: only at the end)")
+    p.add_argument("--save-total-limit", type=int, default=d.save_total_limit, metavar="N",
+                   help="checkpoint-N folders kept (0: keep all)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, shuffling and initialisation")
+    p.add_argument("--num-workers", type=int, default=d.num_workers, metavar="N",
+                   help="data-loader worker processes")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="disable bf16 autocast on CUDA (the default shown is the bf16 setting)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (the default shown is the progress-bar setting)")
     p.set_defaults(func=cmd_train_scout)
     return p
 
@@ -1496,8 +1524,37 @@ def _config_from_args(args) -> ScoutTrainConfig:
     return ScoutTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def check_model_source(model: str) -> str:
+    """``--model`` must be a complete local BLIP-2 folder, or a hub id whose files are already in the
+    local Hugging Face cache: nothing is downloaded, and an unreachable hub fails now, on one line,
+    instead of after transformers' connection retries. Raises ValueError naming ``--model``."""
+    from .scout import _REPO_ID, ScoutCheckpointError, check_checkpoint_dir
+
+    m = os.fspath(model)
+    if os.path.exists(m) or not _REPO_ID.match(m) or m.startswith("."):
+        try:
+            return check_checkpoint_dir(m)
+        except ScoutCheckpointError as e:
+            raise ValueError(f"--model {m}: {e}") from None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(m, "config.json")
+    except Exception:  # noqa: BLE001 - an odd cache layout counts as "not cached"
+        cached = None
+    if not isinstance(cached, str):
+        raise ValueError(
+            f"--model {m}: no such local folder, and the hub id is not in the local Hugging Face cache "
+            f"(vista downloads nothing); download it once, e.g. `huggingface-cli download {m} --local-dir DIR`, "
+            f"then pass --model DIR")
+    return m
+
+
 def cmd_train_scout(args) -> int:
     """``vista train-scout`` handler. Prints a one-line summary; returns the exit code."""
+    fresh = args.resume is None or (args.resume == "auto" and _latest_checkpoint(os.fspath(args.output)) is None)
+    if fresh:  # a resumed run loads the model from its checkpoint folder
+        check_model_source(args.model)
     config = _config_from_args(args)
     history = train_scout(args.model, args.regions, args.images, args.output, config,
                           resume_from=args.resume, device=args.device, max_images=args.max_images)
