@@ -89,7 +89,8 @@ def run(args, on_progress=None) -> dict:
         "device": name, "kernels_timed": kernels, "note": note, "dtype": args.dtype,
         "shape": {"frames": F, "tokens": N, "dims": list(args.dims), "retention": kc.RETENTION,
                   "scout_attn": [F, *kc.SCOUT_SHAPE]},
-        "peak_hbm_gbps": peak, "torch": torch.__version__, "python": platform.python_version(),
+        "peak_hbm_gbps": peak, "torch_threads": torch.get_num_threads() if device == "cpu" else None,
+        "torch": torch.__version__, "python": platform.python_version(),
         "byte_model": "floor = floor_passes * bytes(main operand) / peak; prune_video: 2 * bytes(x) / peak",
         "rows": [],
     }
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None)
     ap.add_argument("--ops", nargs="+", choices=kc.OPS, default=None, help="ops to time (default all)")
     ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replays")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads on CPU (default 1; 0 = leave as is)")
     ap.add_argument("--quick", action="store_true", help="shorter do_bench windows (the GPU suite)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for kernels_<device>.json")
     ap.add_argument("--json", default=None, help="write the JSON to this file instead")
@@ -172,6 +174,8 @@ def main(argv=None) -> int:
         ap.error(f"--dims must be >= 1, got {args.dims}")
     if args.reps is None:
         args.reps = 20 if device == "cuda" else 3
+    if device == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)  # OpenMP contention on small shared machines is noise
     if args.json:
         path = args.json
     else:

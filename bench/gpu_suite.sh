@@ -115,8 +115,14 @@ if [ "$DRY" = 1 ]; then
   # (a), (c), (d), (e) and the sanitizer cases in one Python process (start-up dominates on CPU)
   run_step checks_group 200 "$LOG" "$PY" "${CHECKS[@]}" env dups large ksweep sanitize --dry-run \
     --json "$OUT/checks.json" --record "$REC"
+  g_status="$(awk -F '\t' '$1 == "checks_group" { s = $2 } END { print s }' "$REC")"
   for s in env dups large ksweep sanitize_cases; do
-    grep -q "^$s	" "$REC" || record "$s" failed 0 "" "the checks process ended before this step"
+    if ! grep -q "^$s	" "$REC"; then
+      case "$g_status" in
+        skipped|timeout) record "$s" "$g_status" 0 "" "checks process $g_status before this step" ;;
+        *) record "$s" failed 0 "" "the checks process ended before this step" ;;
+      esac
+    fi
   done
 else
   run_step env 15 "$LOG" bash -c 'nvidia-smi || echo "nvidia-smi: not found"; exec "$0" "$@"' \
@@ -176,33 +182,26 @@ fi
 
 # ---------------------------------------------------------------------------------------------------
 TOTAL="$(( $(date +%s) - START ))"
-"$PY" - "$REC" "$OUT/summary.json" "$DRY" "$TOTAL" "$BUDGET" <<'EOF'
-import json, os, sys, tempfile
-rec, path, dry, total, budget = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5])
-steps = []
-for line in open(rec):
-    name, status, sec, rc, note = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
-    if name == "checks_group" and status == "ok":
-        continue  # its steps are listed one by one
-    steps.append({"step": name, "status": status, "seconds": float(sec or 0), "rc": int(rc) if rc else None,
-                  "note": note})
-ok = all(s["status"] in ("ok", "skipped") for s in steps)
-summary = {"ok": ok, "dry_run": dry, "total_seconds": total, "budget_seconds": budget, "steps": steps}
-fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".json")
-with os.fdopen(fd, "w") as fh:
-    json.dump(summary, fh, indent=1)
-    fh.flush(); os.fsync(fh.fileno())
-os.chmod(tmp, 0o644)
-os.replace(tmp, path)
-print(f"{'step':<16} {'status':<8} {'seconds':>8}  note")
-for s in steps:
-    print(f"{s['step']:<16} {s['status']:<8} {s['seconds']:8.1f}  {s['note']}")
-print(f"total {total} s (budget {budget} s): {'OK' if ok else 'FAILED'}; wrote {path}")
-sys.exit(0 if ok else 1)
-EOF
-rc=$?
-if [ ! -s "$OUT/summary.json" ]; then
-  echo "gpu_suite.sh: error: could not write $OUT/summary.json" >&2
-  exit 1
-fi
+# summary.json and the table, in awk (no Python: the summary must survive a broken interpreter)
+TMP_SUM="$(mktemp "$OUT/.tmp_summary.XXXXXX")"
+awk -F '\t' -v dry="$DRY" -v total="$TOTAL" -v budget="$BUDGET" -v js="$TMP_SUM" '
+  function esc(s) { gsub(/\\/, "\\\\", s); gsub(/"/, "\\\"", s); gsub(/[\001-\037]/, " ", s); return s }
+  $1 == "checks_group" && $2 == "ok" { next }  # its steps are listed one by one
+  { n++; name[n] = $1; st[n] = $2; sec[n] = ($3 == "" ? 0 : $3); rc[n] = ($4 == "" ? "null" : $4); note[n] = $5
+    if ($2 != "ok" && $2 != "skipped") bad = 1 }
+  END {
+    printf "{\n \"ok\": %s,\n \"dry_run\": %s,\n \"total_seconds\": %d,\n \"budget_seconds\": %d,\n \"steps\": [\n",
+      (bad ? "false" : "true"), (dry == 1 ? "true" : "false"), total, budget > js
+    for (i = 1; i <= n; i++)
+      printf "  {\"step\": \"%s\", \"status\": \"%s\", \"seconds\": %.1f, \"rc\": %s, \"note\": \"%s\"}%s\n",
+        esc(name[i]), esc(st[i]), sec[i], rc[i], esc(note[i]), (i < n ? "," : "") > js
+    printf " ]\n}\n" > js
+    printf "%-16s %-8s %8s  %s\n", "step", "status", "seconds", "note"
+    for (i = 1; i <= n; i++) printf "%-16s %-8s %8.1f  %s\n", name[i], st[i], sec[i], note[i]
+    printf "total %d s (budget %d s): %s\n", total, budget, (bad ? "FAILED" : "OK")
+    exit bad
+  }' "$REC" | tee -a "$LOG"
+rc="${PIPESTATUS[0]}"
+chmod 644 "$TMP_SUM" && mv -f "$TMP_SUM" "$OUT/summary.json" || { echo "gpu_suite.sh: error: could not write $OUT/summary.json" >&2; exit 1; }
+echo "wrote $OUT/summary.json"
 exit "$rc"

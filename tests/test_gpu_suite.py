@@ -1,0 +1,102 @@
+"""The one-shot GPU suite (bench/gpu_suite.sh) cannot rot: its dry run (the same steps on tiny shapes
+on CPU) must pass and report every step; the suite's own bookkeeping (failed steps recorded, the
+time budget, bad arguments) and the pytest-benchmark cases are checked too."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE = os.path.join("bench", "gpu_suite.sh")
+STEPS = ["env", "gpu_tests", "dups", "large", "ksweep", "memcheck", "racecheck", "bench", "e2e"]
+FILES = {"summary.json", "suite.log", "tests.xml", "checks.json", "sanitizer.log", "bench.json", "e2e.json"}
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the suite sets what it needs
+    env.pop("SUITE_BUDGET_S", None)
+    env.update({"PYTHON": sys.executable, "PYTHONPATH": ROOT, **extra})
+    return env
+
+
+def _suite(out, *args, timeout=600, **env):
+    return subprocess.run(["bash", SUITE, "--out", str(out), *args], cwd=ROOT, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _summary(out):
+    with open(os.path.join(out, "summary.json")) as fh:
+        return json.load(fh)
+
+
+@pytest.mark.slow
+def test_dry_run_passes_and_reports_every_step(tmp_path):
+    out = tmp_path / "gpu"
+    p = _suite(out, "--dry-run")
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    s = _summary(out)
+    assert s["ok"] is True and s["dry_run"] is True
+    status = {st["step"]: st["status"] for st in s["steps"]}
+    assert set(STEPS) <= set(status), status
+    for name in ("env", "gpu_tests", "dups", "large", "ksweep", "sanitize_cases", "bench", "e2e"):
+        assert status[name] == "ok", (name, s)
+    assert status["memcheck"] == status["racecheck"] == "skipped"
+    assert all(st["seconds"] >= 0 for st in s["steps"])
+    # what comes back from the GPU machine: few plain files, no folders
+    names = set(os.listdir(out))
+    assert names <= FILES and len(names) <= 8, names
+    assert all(os.path.isfile(out / n) for n in names)
+    checks = json.loads((out / "checks.json").read_text())
+    for step in ("dups", "large", "ksweep"):
+        assert checks[step]["ok"] and checks[step]["checks"], step
+    assert "torch" in checks["env"]
+    bench = json.loads((out / "bench.json").read_text())
+    ops = {(r["op"], r["impl"]) for r in bench["rows"] if r.get("us")}
+    for op in ("knn_density", "dpc_select", "anchor_aggregate", "prune_video"):
+        assert {(op, "reference"), (op, "per-frame")} <= ops, op
+    e2e = json.loads((out / "e2e.json").read_text())
+    assert [r["retention"] for r in e2e["rows"]] == [1.0, 0.25, 0.15, 0.10]
+    assert all(r["ttft_ms"] > 0 and r["prefill_ms"] > 0 for r in e2e["rows"])
+    assert e2e["rows"][0]["video_tokens"] > e2e["rows"][1]["video_tokens"] > e2e["rows"][3]["video_tokens"]
+    assert "<testsuite" in (out / "tests.xml").read_text()
+
+
+def test_failing_steps_are_recorded_and_the_suite_goes_on(tmp_path):
+    # `false` as the interpreter: every Python step fails at once, the summary still lists them all
+    p = _suite(tmp_path, "--dry-run", PYTHON="false")
+    assert p.returncode == 1, p.stdout + p.stderr
+    s = _summary(tmp_path)
+    status = {st["step"]: st["status"] for st in s["steps"]}
+    assert s["ok"] is False and set(STEPS) <= set(status)
+    assert all(status[n] == "failed" for n in ("env", "gpu_tests", "dups", "bench", "e2e")), status
+    assert "FAILED" in p.stdout
+
+
+def test_spent_budget_skips_steps(tmp_path):
+    p = _suite(tmp_path, "--dry-run", PYTHON="false", SUITE_BUDGET_S="0")
+    assert p.returncode == 0, p.stdout + p.stderr
+    s = _summary(tmp_path)
+    assert {st["step"] for st in s["steps"]} >= set(STEPS)
+    assert all(st["status"] == "skipped" for st in s["steps"]), s
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["--out"]])
+def test_bad_arguments_exit_2(args):
+    p = subprocess.run(["bash", SUITE, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.startswith("gpu_suite.sh: error:") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bench_cases_run_under_pytest_benchmark(tmp_path):
+    # every microbenchmark case once (--benchmark-disable), tiny shape; Triton cases skip without CUDA
+    env = _env(VISTA_BENCH_SHAPE="2,17,16")
+    p = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "--benchmark-disable", "-p", "no:cacheprovider",
+                        "-k", "prune_video or knn_density or scout_score_reduce"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    assert " passed" in p.stdout and "failed" not in p.stdout
