@@ -138,17 +138,24 @@ def run(args) -> dict:
     pre, qe, post = (emb(i) for i in ids)
     q = qe.float().mean(0).to(dtype)
 
+    state = {"scout": scout, "error": scout_error}
+
     def scout_scores():
-        s = scout.scores(frames, QUESTION)
-        return map_scores_to_grid(s, scout.grid_hw, (14, 14)).float()
+        sc = state["scout"]
+        s = sc.scores(frames, QUESTION)
+        return map_scores_to_grid(s, sc.grid_hw, (14, 14)).float()
 
     def once(r):
         """One TTFT: (scout_ms, prune_ms, prefill_ms, video tokens, first token)."""
         sync()
         t0 = time.perf_counter()
         s = None
-        if r < 1.0 and scout is not None:
-            s = scout_scores()
+        if r < 1.0 and state["scout"] is not None:
+            try:
+                s = scout_scores()
+            except Exception as e:  # noqa: BLE001 - go on without the scout, say why
+                state["scout"], state["error"] = None, f"scores: {type(e).__name__}: {e}"[:400]
+                print(f"scout failed, continuing without it: {state['error']}", flush=True)
             sync()
         t1 = time.perf_counter()
         if r < 1.0:
@@ -177,7 +184,7 @@ def run(args) -> dict:
             "retention": r,
             "video_tokens": samples[0][3],
             "prompt_tokens": samples[0][3] + sum(PROMPT),
-            "scout_ms": round(med[0], 2) if (r < 1.0 and scout is not None) else None,
+            "scout_ms": round(med[0], 2) if (r < 1.0 and state["scout"] is not None) else None,
             "prune_ms": round(med[1], 3) if r < 1.0 else 0.0,
             "prefill_ms": round(med[2], 2),
             "ttft_ms": round(statistics.median(sum(s[:3]) for s in samples), 2),
@@ -200,7 +207,7 @@ def run(args) -> dict:
         "device_name": torch.cuda.get_device_name() if cuda else (platform.processor() or "cpu"),
         "backend": backend, "dtype": str(dtype), "llm": {**shape, "attn_implementation": "sdpa", "random_weights": True},
         "scout": None if scout is None else ("BLIP-2 ITM ViT-g shapes, random" if not dry else "tiny random"),
-        "scout_error": scout_error, "frames": T, "tokens_per_frame": N, "text_tokens": sum(PROMPT),
+        "scout_error": state["error"], "frames": T, "tokens_per_frame": N, "text_tokens": sum(PROMPT),
         "repeats": args.repeats, "build_llm_s": round(build_llm_s, 2), "build_scout_s": round(build_scout_s, 2),
         "weights_mib": None if weights_mib is None else round(weights_mib, 1),
         "torch": torch.__version__, "transformers": transformers.__version__, "rows": rows,

@@ -1,7 +1,7 @@
 """pytest plugin of the GPU suite (``bench/gpu_suite.sh`` loads it with ``-p gpu_suite_plugin``).
 
-* ``VISTA_NO_TF32=1``: TF32 off for matmuls and cuDNN before any test runs, so float references on
-  the GPU are computed in full fp32.
+* ``VISTA_NO_TF32=1`` (applied by tests/conftest.py; reported in the header here): TF32 off for
+  matmuls and cuDNN, so float references on the GPU are computed in full fp32.
 * ``VISTA_SUITE_DEADLINE=<unix time>``: tests that would start after the deadline are skipped with
   the reason "suite time box", so the session still ends normally and writes its JUnit report
   (an outer ``timeout`` kill would lose it).
@@ -24,11 +24,6 @@ def _deadline():
 
 def pytest_configure(config):
     config._vista_deadline = _deadline()
-    if os.environ.get("VISTA_NO_TF32", "") not in ("", "0"):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
 
 
 def pytest_report_header(config):

@@ -100,3 +100,31 @@ def test_bench_cases_run_under_pytest_benchmark(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
     assert " passed" in p.stdout and "failed" not in p.stdout
+
+
+def test_no_tf32_switch(monkeypatch):
+    import torch
+
+    import conftest
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        monkeypatch.setenv("VISTA_NO_TF32", "0")
+        conftest.apply_tf32_switch()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        monkeypatch.setenv("VISTA_NO_TF32", "1")
+        conftest.apply_tf32_switch()
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_deadline_plugin_skips_late_tests(tmp_path):
+    (tmp_path / "test_probe.py").write_text("def test_a():\n    pass\n")
+    env = _env(VISTA_SUITE_DEADLINE="1", PYTHONPATH=os.path.join(ROOT, "bench"))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-p", "gpu_suite_plugin",
+                        "-c", os.devnull, str(tmp_path / "test_probe.py")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "1 skipped" in p.stdout and "suite time box" in p.stdout
