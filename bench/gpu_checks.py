@@ -168,6 +168,16 @@ def _assign_diff(got, ref, d2):
     return bad, excused
 
 
+def _gamma(x, k, backend):
+    """dpc_gamma where the package exports it (its own fused path), else rho * delta."""
+    import vista_kernels as vk
+
+    if hasattr(vk, "dpc_gamma"):
+        return vk.dpc_gamma(x, k=k, backend=backend)
+    rho = vk.knn_density(x, k=k, backend=backend)
+    return rho * vk.dpc_delta(x, rho, backend=backend)
+
+
 def _compare_ops(rep, tag, x, k_keep, keep, k=7):
     """knn_density, dpc_delta, dpc_gamma, dpc_select, anchor_aggregate: triton vs torch on x."""
     import torch
@@ -183,8 +193,8 @@ def _compare_ops(rep, tag, x, k_keep, keep, k=7):
     dl_t = vk.dpc_delta(x, rho_r, backend="triton")
     ok, ae, re = _close(dl_t, dl_r)
     rep.add(f"{tag} dpc_delta", ok, max_abs=f"{ae:.2e}", max_rel=f"{re:.2e}")
-    g_r = vk.dpc_gamma(x, k=k, backend="torch")
-    g_t = vk.dpc_gamma(x, k=k, backend="triton")
+    g_r = _gamma(x, k, "torch")
+    g_t = _gamma(x, k, "triton")
     ok, ae, re = _close(g_t, g_r)
     rep.add(f"{tag} dpc_gamma", ok, max_abs=f"{ae:.2e}", max_rel=f"{re:.2e}")
     s_r = vk.dpc_select(x, k_keep, k=k, backend="torch")
@@ -392,6 +402,8 @@ def step_sanitize(args):
         "prune_video": lambda: vista.prune_video(x, x.float().mean((0, 1)).to(x.dtype), config=vista.VistaConfig(
             retention=0.15, backend="triton")).tokens,
     }
+    if hasattr(vk, "frame_geometry"):  # the fused geometry pass, where the package exports it
+        cases["frame_geometry"] = lambda: vk.frame_geometry(x, backend="triton")
     failed = 0
     for name, fn in cases.items():
         try:

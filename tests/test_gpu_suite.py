@@ -128,3 +128,50 @@ def test_deadline_plugin_skips_late_tests(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "1 skipped" in p.stdout and "suite time box" in p.stdout
+
+
+def _gpu_checks():
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import gpu_checks
+    finally:
+        sys.path.pop(0)
+    return gpu_checks
+
+
+def test_check_helpers_fail_on_real_differences_and_excuse_near_ties():
+    import torch
+
+    gc = _gpu_checks()
+    gamma = torch.tensor([[5.0, 4.0, 3.0, 3.0000001, 1.0]])
+    ref = torch.tensor([[True, True, False, True, False]])  # top 3 by the reference
+    k = torch.tensor([3])
+    assert gc._select_diff(ref.clone(), ref, gamma, k) == (0, 0)
+    near = torch.tensor([[True, True, True, False, False]])  # 2 <-> 3: gammas equal within 1e-4
+    assert gc._select_diff(near, ref, gamma, k) == (0, 2)
+    wrong = torch.tensor([[False, True, True, True, True]])  # 0 and 4: far from the boundary
+    bad, _ = gc._select_diff(wrong, ref, gamma, k)
+    assert bad == 2
+    x = torch.tensor([[[0.0], [1.0], [3.0], [2.0]]])
+    d2 = gc._sqdist(x)
+    a_ref = torch.tensor([[0, 0, 3, 3]])
+    assert gc._assign_diff(torch.tensor([[0, 0, 2, 3]]), a_ref, d2) == (1, 0)  # token 2 to itself? not kept: wrong
+    x_tie = torch.tensor([[[0.0], [1.0], [2.0]]])  # token 1 is exactly between 0 and 2
+    assert gc._assign_diff(torch.tensor([[0, 2, 2]]), torch.tensor([[0, 0, 2]]), gc._sqdist(x_tie)) == (0, 1)
+    ok, _, _ = gc._close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 * (1 + 1e-3)]))
+    assert not ok
+    ok, _, _ = gc._close(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0 * (1 + 1e-6)]))
+    assert ok
+
+
+def test_failed_check_fails_the_step(tmp_path):
+    gc = _gpu_checks()
+    rep = gc.Report("probe")
+    rep.add("good", True)
+    rep.guard("raises", lambda: 1 / 0)
+    args = type("A", (), {"json": str(tmp_path / "c.json"), "dry_run": True})()
+    assert gc._finish(args, rep) == 1
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert data["probe"]["ok"] is False and data["probe"]["failed"] == ["raises"]
+    empty = gc.Report("none")
+    assert gc._finish(args, empty) == 1  # a step that checked nothing has not passed
