@@ -61,11 +61,9 @@ if [ "$DRY" = 1 ]; then
   BUDGET="${SUITE_BUDGET_S:-300}"  # generous: the boxes catch hangs; the dry run takes ~1 minute
   export CUDA_VISIBLE_DEVICES=""
   export TRITON_INTERPRET=1
-  DRYFLAG="--dry-run"
 else
   BUDGET="${SUITE_BUDGET_S:-460}"
   unset TRITON_INTERPRET
-  DRYFLAG=""
 fi
 export VISTA_NO_TF32=1
 START="$(date +%s)"
@@ -140,7 +138,7 @@ fi
 left=$(( BUDGET - ($(date +%s) - START) )); [ "$BOX_T" -gt "$left" ] && BOX_T="$left"
 VISTA_SUITE_DEADLINE=$(( $(date +%s) + BOX_T - 15 )) PYTHONPATH="$ROOT/bench:$PYTHONPATH" \
   run_step gpu_tests "$BOX_T" "$LOG" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider -p gpu_suite_plugin \
-  --junitxml "$OUT/tests.xml" "${TESTS[@]}"
+  --junitxml "$OUT/tests.xml" ${TESTS[@]+"${TESTS[@]}"}
 
 if [ "$DRY" = 0 ]; then
   # (c) duplicate tokens, (d) N=4096 D=3584, (e) k sweep: Triton vs reference
