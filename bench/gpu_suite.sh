@@ -87,7 +87,13 @@ run_step() {
   timeout -k 10 "$box" "$@" > "$STEP_OUT" 2>&1
   local rc=$?
   local dt; dt="$(elapsed "$t0")"
-  cat "$STEP_OUT" >> "$logf"
+  # at most ~3 MiB per step in the log (files coming back from the GPU machine are capped at 16 MiB)
+  local size; size="$(wc -c < "$STEP_OUT")"
+  if [ "$size" -gt 3145728 ]; then
+    { head -c 1048576 "$STEP_OUT"; echo; echo "[... $((size - 3145728)) bytes cut ...]"; tail -c 2097152 "$STEP_OUT"; } >> "$logf"
+  else
+    cat "$STEP_OUT" >> "$logf"
+  fi
   local status note=""
   case "$rc" in
     0) status=ok ;;
@@ -137,7 +143,7 @@ else
 fi
 left=$(( BUDGET - ($(date +%s) - START) )); [ "$BOX_T" -gt "$left" ] && BOX_T="$left"
 VISTA_SUITE_DEADLINE=$(( $(date +%s) + BOX_T - 15 )) PYTHONPATH="$ROOT/bench:$PYTHONPATH" \
-  run_step gpu_tests "$BOX_T" "$LOG" "$PY" -m pytest -m gpu -q -rfEs -p no:cacheprovider -p gpu_suite_plugin \
+  run_step gpu_tests "$BOX_T" "$LOG" "$PY" -m pytest -m gpu -q -rfEs --tb=short -p no:cacheprovider -p gpu_suite_plugin \
   --junitxml "$OUT/tests.xml" ${TESTS[@]+"${TESTS[@]}"}
 
 if [ "$DRY" = 0 ]; then

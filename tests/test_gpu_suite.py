@@ -175,3 +175,14 @@ def test_failed_check_fails_the_step(tmp_path):
     assert data["probe"]["ok"] is False and data["probe"]["failed"] == ["raises"]
     empty = gc.Report("none")
     assert gc._finish(args, empty) == 1  # a step that checked nothing has not passed
+
+
+def test_step_output_is_capped_in_the_log(tmp_path):
+    fake = tmp_path / "fake_python"
+    fake.write_text("#!/bin/sh\nhead -c 4200000 /dev/zero | tr '\\0' 'x'\necho LAST-LINE\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    _suite(out, "--dry-run", PYTHON=str(fake))
+    log = (out / "suite.log").read_bytes()
+    assert b"bytes cut" in log and b"LAST-LINE" in log
+    assert len(log) < 4 * 3.2 * 2**20  # four Python steps in the dry run, each cut to ~3 MiB
