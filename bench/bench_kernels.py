@@ -1,19 +1,23 @@
-"""Microbenchmarks of the vista_kernels ops and of whole-video pruning: fused Triton kernels vs the
-batched PyTorch reference vs a per-frame loop of the reference.
+"""Microbenchmarks of the vista_kernels ops and of whole-video pruning: Triton kernels vs the
+batched PyTorch reference vs a per-frame loop of the reference, eager and CUDA-graph-replayed.
 
-    python bench/bench_kernels.py [--frames 64] [--tokens 196] [--dims 1152 3584] [--reps 20]
-                                  [--device cuda|cpu] [--out bench/results]
+    python bench/bench_kernels.py [--frames 64] [--tokens 196] [--dims 1152 3584] [--reps N]
+                                  [--device cuda|cpu] [--ops OP ...] [--no-graph] [--quick]
+                                  [--out bench/results | --json FILE]
 
-Shape: one video of 64 frames x 196 tokens x D in {1152, 3584}, bf16, retention 0.15, with scout
-scores (and a (64, 12, 32, 257) cross-attention tensor for scout_score_reduce).
+Default shape: one video of 64 frames x 196 tokens x D in {1152, 3584}, bf16, retention 0.15, with
+scout scores (and a (64, 12, 32, 257) cross-attention tensor for scout_score_reduce). The same cases
+run under pytest-benchmark: ``pytest bench/ --benchmark-only`` (shared code: bench/kernel_cases.py).
 
-Per op and implementation it reports: median ms, speedup over the batched reference, effective
-bandwidth (the bytes the fused kernel path must move, divided by the time) in GB/s and as a share of
-the GPU's peak HBM bandwidth, and the modelled number of HBM passes over x of the kernel path.
+Per op and implementation it reports the median in microseconds, the speed-up over the batched
+reference, GB/s against the op's floor traffic and the share of the floor (two passes over x for
+whole pruning: ``2 * bytes(x) / peak HBM bandwidth``). On a GPU every Triton op and the whole
+``prune_video(backend="triton")`` are also captured in a CUDA graph and replayed (``graph`` rows);
+a capture that fails is recorded with its error and the run continues.
 
-Without CUDA it says so and times only the references: Triton's CPU interpreter
-(TRITON_INTERPRET=1) is a debugging tool, its timings say nothing about kernel speed, and
-``triton.testing.do_bench`` does not work there. Results go to bench/results/kernels_<device>.json.
+Without CUDA it says so and times only the references: Triton's CPU interpreter (TRITON_INTERPRET=1)
+is a debugging tool, its timings say nothing about kernel speed, and ``triton.testing.do_bench``
+does not work there. Results go to bench/results/kernels_<device>.json (or ``--json FILE``).
 """
 from __future__ import annotations
 
@@ -21,252 +25,172 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-
-import torch
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
-import vista  # noqa: E402
-import vista_kernels as vk  # noqa: E402
-from vista_kernels.reference import _common  # noqa: E402
-from vista_kernels.utils import interpreter_active  # noqa: E402
+import torch  # noqa: E402
 
-RETENTION = 0.15
-SCOUT_SHAPE = (12, 32, 257)  # heads, queries, patches per frame
-#: peak HBM bandwidth in GB/s by device-name substring (vendor figures)
-PEAK_GBPS = {"H200": 4800.0, "H100 SXM": 3350.0, "H100 PCIe": 2000.0, "H100": 3350.0, "A100-SXM4-80GB": 2039.0,
-             "A100 80GB": 1935.0, "A100": 1555.0, "L40S": 864.0, "RTX 4090": 1008.0}
+import kernel_cases as kc  # noqa: E402
 
 
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
+def _write_json(path: str, obj) -> None:
+    """Atomic write: temp file in the same folder, fsync, rename."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
-def peak_gbps(name: str):
-    for key, v in PEAK_GBPS.items():
-        if key in name:
-            return v
-    return None
+def _row(op, D, impl, mode, us, base_us, inp, peak, **extra):
+    row = {"op": op, "D": D, "impl": impl, "mode": mode, "us": None if us is None else round(us, 2),
+           "speedup_vs_reference": round(base_us / us, 2) if (us and base_us) else None}
+    if us is not None:
+        row.update(kc.row_metrics(op, inp, us, peak))
+    row.update(extra)
+    share = row.get("floor_share")
+    if us is not None:
+        print(f"{op:<19} D={D:<5} {impl:<10} {mode:<6} {us:11.1f} us  x{row['speedup_vs_reference'] or 0:<7} "
+              f"{row['GBps'] or 0:9.1f} GB/s  floor share {'-' if share is None else f'{100 * share:.1f}%'}",
+              flush=True)
+    else:
+        print(f"{op:<19} D={D:<5} {impl:<10} {mode:<6} {'-':>11}     {extra.get('error', '')}", flush=True)
+    return row
 
 
-def can_time_kernels(device: str) -> bool:
-    """Kernel timings need a real GPU: never time the interpreter, where do_bench does not work."""
-    return device == "cuda" and not interpreter_active()
-
-
-def timer(device: str, reps: int):
-    if can_time_kernels(device):
-        import triton.testing
-
-        def bench(fn):
-            return float(triton.testing.do_bench(fn, warmup=max(5, reps // 4), rep=max(20, reps * 5)))
-        return bench
-
-    def bench_cpu(fn):
-        fn()  # warm-up
-        ts = []
-        for _ in range(reps):
-            if device == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            ts.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(ts)
-    return bench_cpu
-
-
-def make_inputs(F: int, N: int, D: int, device: str, dtype: torch.dtype, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    scene = torch.randn(F // 16 + 1, D, generator=g).repeat_interleave(16, 0)[:F]
-    x = scene[:, None, :] + 0.2 * torch.randn(F, 1, D, generator=g) + torch.randn(F, N, D, generator=g)
-    q = torch.randn(D, generator=g)
-    s = torch.rand(F, N, generator=g)
-    attn = torch.rand(F, *SCOUT_SHAPE, generator=g).softmax(-1)
-    return (x.to(device=device, dtype=dtype), q.to(device=device, dtype=dtype), s.to(device),
-            attn.to(device=device, dtype=dtype))
-
-
-def per_frame(fn, *args, **kw):
-    """Run a batched op frame by frame (the per-frame loop baseline)."""
-    def run():
-        F = args[0].shape[0]
-        outs = []
-        for f in range(F):
-            a = [t[f:f + 1] if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == F else t for t in args]
-            k = {n: (t[f:f + 1] if isinstance(t, torch.Tensor) and t.shape[0] == F else t) for n, t in kw.items()}
-            outs.append(fn(*a, **k))
-        return outs
-    return run
-
-
-def prune_per_frame(x, q, s):
-    """Whole pruning with selection + aggregation looped over frames (budgets batched)."""
-    cfg = vista.VistaConfig(retention=RETENTION, backend="torch")
-
-    def run():
-        budgets, _ = vista.frame_budgets(x, q, RETENTION, cfg)
-        k_f = torch.floor(budgets.double() * cfg.scout_ratio + 1e-9).to(torch.int64)
-        outs = []
-        for f in range(x.shape[0]):
-            xf, sf = x[f:f + 1], s[f:f + 1]
-            valid = torch.ones(1, x.shape[1], dtype=torch.bool, device=x.device)
-            fov = _common.stable_topk_mask(sf, k_f[f:f + 1], valid)
-            anchors = vk.dpc_select(xf, budgets[f:f + 1] - k_f[f:f + 1], valid=~fov, k=cfg.knn_k, backend="torch")
-            outs.append(vk.anchor_aggregate(xf, fov | anchors, alpha=cfg.alpha, backend="torch"))
-        return outs
-    return run
-
-
-#: modelled HBM passes over x of the kernel paths: (reads, writes)
-X_PASSES = {
-    "frame_cosine": (1, 0), "knn_density": (1, 0), "dpc_delta": (1, 0), "dpc_gamma": (1, 0),
-    "dpc_select": (1, 0),
-    "anchor_aggregate": (2, 1),  # geometry read, aggregation read, x_out write
-    # public ops: frame_cosine + torch frame means (vista/budget.py) + dpc_select + anchor_aggregate
-    "prune_video": (5, 1),
-    # plan_budgets (cosine + torch means) + FusedPruner (one geometry pass) + aggregation;
-    # 2 reads + 1 write if plan_budgets took FusedPruner's cosines and means
-    "prune_video_fused": (4, 1),
-    "scout_score_reduce": (0, 0),
-}
-
-
-def model_bytes(key: str, F: int, N: int, D: int, esize: int, attn_numel: int):
-    """(bytes the kernel path must move, (reads, writes) of x) for one call."""
-    x = F * N * D * esize
-    if key == "scout_score_reduce":
-        return attn_numel * esize + F * SCOUT_SHAPE[2] * 4, (0, 0)
-    r, w = X_PASSES[key]
-    gram = 0 if key == "frame_cosine" else F * N * N * 4 * 2  # G written once, read back (L2-sized)
-    return (r + w) * x + gram + F * N * 4 * 4, (r, w)
-
-
-def fused_prune(x, q, s):
-    """Whole pruning on FusedPruner: budgets from plan_budgets, then one geometry pass + aggregation."""
-    from vista.budget import plan_budgets
-    from vista_kernels.ops import FusedPruner
-
-    cfg = vista.VistaConfig(retention=RETENTION, backend="triton")
-
-    def run():
-        plan = plan_budgets(x, q, RETENTION, cfg)
-        budgets = plan.budgets
-        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        k_f = torch.floor(budgets.double() * cfg.scout_ratio + 1e-9).to(torch.int64)
-        foveal = _common.stable_topk_mask(s, k_f, valid)
-        fp = FusedPruner(x, valid)
-        keep, out, assign = fp.select_and_aggregate(budgets - k_f, valid & ~foveal, foveal, cfg.alpha, cfg.knn_k)
-        return out[keep]
-    return run
-
-
-def run(args) -> dict:
+def run(args, on_progress=None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    name = device_name(device)
-    peak = peak_gbps(name) if device == "cuda" else None
-    kernels = can_time_kernels(device)
+    dtype = kc.DTYPES[args.dtype]
+    name = kc.device_name(device)
+    peak = kc.peak_gbps(name) if device == "cuda" else None
+    kernels = kc.can_time_kernels(device)
     note = None
     if not kernels:
-        note = ("no CUDA device: Triton kernel timings skipped (interpreter timings are not kernel speed); "
-                "reference timings only") if device != "cuda" else "TRITON_INTERPRET=1: kernel timings skipped"
-        print(f"NOTE: {note}")
-    bench = timer(device, args.reps)
+        note = ("no CUDA device: Triton kernel timings and CUDA graphs skipped (interpreter timings are not "
+                "kernel speed); reference timings only") if device != "cuda" else \
+            "TRITON_INTERPRET=1: kernel timings skipped"
+        print(f"NOTE: {note}", flush=True)
+    bench = kc.timer(device, args.reps, quick=args.quick)
     F, N = args.frames, args.tokens
-    rows = []
-    for D in args.dims:
-        x, q, s, attn = make_inputs(F, N, D, device, dtype)
-        esize = x.element_size()
-        valid = torch.ones(F, N, dtype=torch.bool, device=device)
-        budgets = torch.full((F,), max(1, round(RETENTION * N)), dtype=torch.int64, device=device)
-        keep = _common.stable_topk_mask(s, budgets, valid)
-        rho = vk.knn_density(x, backend="torch")
-        ops = {
-            "frame_cosine": ((x,), {}),
-            "knn_density": ((x,), {"k": 7}),
-            "dpc_delta": ((x, rho), {}),
-            "dpc_gamma": ((x,), {}),
-            "dpc_select": ((x, budgets), {}),
-            "anchor_aggregate": ((x, keep), {"alpha": 0.5}),
-            "scout_score_reduce": ((attn,), {}),
-        }
-        for op, (a, kw) in ops.items():
-            fn = getattr(vk, op)
-            impls = {"reference (batched)": lambda: fn(*a, backend="torch", **kw),
-                     "reference (per-frame loop)": per_frame(lambda *aa, **kk: fn(*aa, backend="torch", **kk), *a, **kw)}
-            if kernels:
-                impls = {"triton": lambda: fn(*a, backend="triton", **kw), **impls}
-                if op == "dpc_gamma":  # the other launch mode (two row-grid launches), for tuning FUSED_MAX_N
-                    from vista_kernels.ops.dpc_scores import dpc_gamma_triton
-                    impls["triton row-grid (fused=False)"] = lambda: dpc_gamma_triton(x, fused=False)
-            rows += measure(op, D, impls, bench, F, N, esize, attn.numel(), peak, args)
-        cfg = {b: vista.VistaConfig(retention=RETENTION, backend=b) for b in ("torch", "triton")}
-        impls = {"reference (batched)": lambda: vista.prune_video(x, q, scout_scores=s, config=cfg["torch"]),
-                 "reference (per-frame loop)": prune_per_frame(x, q, s)}
-        if kernels:
-            impls = {"triton": lambda: vista.prune_video(x, q, scout_scores=s, config=cfg["triton"]),
-                     "triton FusedPruner": fused_prune(x, q, s), **impls}
-        rows += measure("prune_video", D, impls, bench, F, N, esize, attn.numel(), peak, args)
+    ops = args.ops or list(kc.OPS)
     result = {
         "device": name, "kernels_timed": kernels, "note": note, "dtype": args.dtype,
-        "shape": {"frames": F, "tokens": N, "dims": list(args.dims), "retention": RETENTION,
-                  "scout_attn": [F, *SCOUT_SHAPE]},
-        "peak_hbm_gbps": peak, "torch": torch.__version__, "python": platform.python_version(),
-        "rows": rows,
+        "shape": {"frames": F, "tokens": N, "dims": list(args.dims), "retention": kc.RETENTION,
+                  "scout_attn": [F, *kc.SCOUT_SHAPE]},
+        "peak_hbm_gbps": peak, "torch_threads": torch.get_num_threads() if device == "cpu" else None,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "byte_model": "floor = floor_passes * bytes(main operand) / peak; prune_video: 2 * bytes(x) / peak",
+        "rows": [],
     }
+    try:
+        import triton
+
+        result["triton"] = triton.__version__
+    except ImportError:  # pragma: no cover
+        result["triton"] = None
+    graphs = []
+    for D in args.dims:
+        inp = kc.make_inputs(F, N, D, device, dtype)
+        for op in ops:
+            impls = [i for i in kc.IMPLS if kernels or i != "triton"]
+            times = {}
+            for impl in impls:
+                try:
+                    times[impl] = bench(kc.make_callable(op, impl, inp))
+                except Exception as e:  # a broken op is recorded, the rest still runs
+                    times[impl] = None
+                    result["rows"].append(_row(op, D, impl, "eager", None, None, inp, peak,
+                                               error=f"{type(e).__name__}: {e}"[:500]))
+            base = times.get("reference")
+            for impl, us in times.items():
+                if us is not None:
+                    result["rows"].append(_row(op, D, impl, "eager", us, base, inp, peak))
+            if kernels and not args.no_graph and times.get("triton") is not None:
+                graphs.append((op, D, inp, base))
+        if on_progress:
+            on_progress(result)
+    # CUDA graphs last: a failed capture can leave the stream unusable for later eager work.
+    for op, D, inp, base in graphs:
+        fn = kc.make_callable(op, "triton", inp)
+        try:
+            replay, out, g = kc.graph_replay(fn)
+            replay()
+            torch.cuda.synchronize()
+            same = kc.outputs_equal(out, fn())
+            us = bench(replay)
+            result["rows"].append(_row(op, D, "triton", "graph", us, base, inp, peak, replay_equals_eager=same))
+            del g
+        except Exception as e:
+            result["rows"].append(_row(op, D, "triton", "graph", None, None, inp, peak,
+                                       error=f"capture failed: {type(e).__name__}: {e}"[:500]))
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # noqa: BLE001 - the context may stay broken; later rows record it
+                pass
+        if on_progress:
+            on_progress(result)
     return result
-
-
-def measure(op, D, impls, bench, F, N, esize, attn_numel, peak, args):
-    out, base = [], None
-    times = {}
-    for impl, fn in impls.items():
-        times[impl] = bench(fn)
-    base = times.get("reference (batched)")
-    for impl, ms in times.items():
-        # effective bandwidth of every implementation against the kernel path's byte count
-        nbytes, passes = model_bytes("prune_video_fused" if impl == "triton FusedPruner" else op,
-                                     F, N, D, esize, attn_numel)
-        gbps = nbytes / (ms * 1e-3) / 1e9
-        row = {"op": op, "D": D, "impl": impl, "ms": round(ms, 4),
-               "speedup_vs_batched_ref": round(base / ms, 2) if base else None,
-               "effective_GBps": round(gbps, 1), "bandwidth_share": round(gbps / peak, 3) if peak else None,
-               "x_passes_model": list(passes) if impl.startswith("triton") else None, "model_bytes": nbytes}
-        out.append(row)
-        share = f"{100 * row['bandwidth_share']:.1f}%" if row["bandwidth_share"] is not None else "-"
-        print(f"{op:<20} D={D:<5} {impl:<28} {ms:10.3f} ms  x{row['speedup_vs_batched_ref'] or 0:<6} "
-              f"{gbps:9.1f} GB/s  {share:>6}  x passes (r, w)={tuple(row['x_passes_model']) if row['x_passes_model'] is not None else '-'}",
-              flush=True)
-    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=int, default=64)
-    ap.add_argument("--tokens", type=int, default=196)
-    ap.add_argument("--dims", type=int, nargs="+", default=[1152, 3584])
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--frames", type=int, default=None, help="frames (default 64)")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens per frame (default 196)")
+    ap.add_argument("--dims", type=int, nargs="+", default=None, help="D values (default 1152 3584)")
+    ap.add_argument("--dtype", default="bf16", choices=sorted(kc.DTYPES))
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 20 on CUDA, 3 on CPU)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None)
-    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--ops", nargs="+", choices=kc.OPS, default=None, help="ops to time (default all)")
+    ap.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph replays")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads on CPU (default 1; 0 = leave as is)")
+    ap.add_argument("--quick", action="store_true", help="shorter do_bench windows (the GPU suite)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for kernels_<device>.json")
+    ap.add_argument("--json", default=None, help="write the JSON to this file instead")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # the GPU shape on every device (as the committed results); VISTA_BENCH_SHAPE overrides it
+    shape = kc.default_shape(device) if os.environ.get("VISTA_BENCH_SHAPE", "").strip() else kc.GPU_SHAPE
+    args.frames = args.frames or shape["frames"]
+    args.tokens = args.tokens or shape["tokens"]
+    args.dims = args.dims or list(shape["dims"])
+    for name in ("frames", "tokens", "reps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name} must be >= 1, got {v}")
+    if min(args.dims) < 1:
+        ap.error(f"--dims must be >= 1, got {args.dims}")
     if args.reps is None:
-        args.reps = 20 if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda" else 3
-    result = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    tag = result["device"].replace(" ", "_").replace("/", "_")
-    path = os.path.join(args.out, f"kernels_{tag}.json")
-    with open(path, "w") as fh:
-        json.dump(result, fh, indent=1)
+        args.reps = 20 if device == "cuda" else 3
+    if device == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)  # OpenMP contention on small shared machines is noise
+    if args.json:
+        path = args.json
+    else:
+        tag = kc.device_name(device).replace(" ", "_").replace("/", "_")
+        path = os.path.join(args.out, f"kernels_{tag}.json")
+    result = run(args, on_progress=lambda r: _write_json(path, r))
+    _write_json(path, result)
     print(f"wrote {path}")
+    # an op that raised fails the run (its row says why); a CUDA-graph capture that fails does not:
+    # capturability is measured here, not assumed
+    broken = [f"{r['op']} D={r['D']} {r['impl']}" for r in result["rows"] if r["mode"] == "eager" and "error" in r]
+    if broken:
+        print(f"bench_kernels: error: {len(broken)} eager case(s) raised: {', '.join(broken)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,6 +24,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def apply_tf32_switch():
+    """``VISTA_NO_TF32=1`` (set by bench/gpu_suite.sh): TF32 off for matmuls and cuDNN, so the float
+    references of the ``gpu`` tests are computed in full fp32 on the GPU."""
+    if os.environ.get("VISTA_NO_TF32", "") not in ("", "0"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+apply_tf32_switch()
+
 # Tiny tensors everywhere: one intra-op thread avoids OpenMP spin/contention overheads that made
 # small ops 10-25x slower on the 2-core CI machine.
 torch.set_num_threads(1)
