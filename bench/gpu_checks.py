@@ -402,8 +402,7 @@ def step_sanitize(args):
         "prune_video": lambda: vista.prune_video(x, x.float().mean((0, 1)).to(x.dtype), config=vista.VistaConfig(
             retention=0.15, backend="triton")).tokens,
     }
-    if hasattr(vk, "frame_geometry"):  # the fused geometry pass, where the package exports it
-        cases["frame_geometry"] = lambda: vk.frame_geometry(x, backend="triton")
+    cases["frame_stats"] = lambda: vk.frame_stats(x, backend="triton", keep_gram=True)
     failed = 0
     for name, fn in cases.items():
         try:

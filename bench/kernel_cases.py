@@ -197,7 +197,8 @@ def make_callable(op: str, impl: str, inp: Inputs) -> Callable:
         if impl == "per-frame":
             return _prune_per_frame(inp)
         cfg = vista.VistaConfig(retention=RETENTION, backend="triton" if impl == "triton" else "torch")
-        return lambda: vista.prune_video(inp.x, inp.q, scout_scores=inp.s, config=cfg)
+        # check_finite=False: the path models take (projector outputs), free of host syncs (graph-capturable)
+        return lambda: vista.prune_video(inp.x, inp.q, scout_scores=inp.s, config=cfg, check_finite=False)
     fn = getattr(vk, op)
     args, kwargs = _op_args(op, inp)
     if impl == "per-frame":
