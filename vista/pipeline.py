@@ -13,6 +13,11 @@ the video (``vista.video``), builds the prompt with the processor's chat templat
 pruning, per-phase timings and the pruning record (``vista.models.last_prune_info``). An evaluation
 harness can hold one pipeline and call ``ask`` many times; ``VistaPipeline.from_components`` wraps
 an already loaded model/processor/scout.
+
+Many questions about one video: the pipeline keeps a per-video feature cache
+(:mod:`vista.cache`; ``cache_bytes=``, ``cache_dir=``, ``cache_info()``, ``clear_cache()``), so a
+follow-up question skips decoding, the vision tower and the scout's ViT and runs only the scout's
+Q-Former, the pruning and the LLM -- with the same kept tokens and answer as a fresh pipeline.
 """
 from __future__ import annotations
 
@@ -60,10 +65,13 @@ class AskResult:
     tokens_before / tokens_after: visual tokens entering the LLM without / with Vista (the
         video placeholders of the prompt; LLaVA adds one newline token to a video's T*196).
     timings: seconds per phase (see ``PHASES``): ``load`` model (+ scout) loading, once per
-        pipeline; ``decode`` video decoding and sampling; ``preprocess`` the processor; ``scout``
-        and ``prune`` as measured inside the patched model; ``prefill`` the rest of the time to the
-        first token (vision tower, projector, LLM prefill); ``generate`` the remaining tokens;
-        ``total`` decode to the last token (without ``load``).
+        pipeline; ``decode`` video decoding and sampling (a cache lookup on a hit); ``preprocess``
+        the processor; ``vision`` the backbone's vision tower + projector (+ pooling), ~0 when its
+        output came from the cache; ``scout`` the semantic scout, with its parts ``scout_vit``
+        (absent when cached) and ``scout_qformer`` when the feature cache is on; ``prune`` as
+        measured inside the patched model; ``prefill`` the rest of the time to the first token
+        (the LLM's prefill); ``generate`` the remaining tokens; ``total`` decode to the last
+        token (without ``load``).
     prune: ``vista.models.last_prune_info(model)``: one dict per video with ``pruned`` (a
         ``vista.PrunedVideo``), ``grid`` (T, h, w), ``question`` and ``timings``. At retention
         1.0 the stock model runs and records nothing; ``ask`` then stores one all-kept record

@@ -23,6 +23,9 @@ Flow of one prefill with a video:
    stream that waits (event) for the frames only, so both run concurrently (inline on CPU); the
    scout's pending result rides on the features output. Ragged LLaVA batches (a list of videos)
    are encoded video by video here.
+   With ``generate(..., vista_cache=handle)`` (a ``vista.cache.VideoCacheHandle``; what
+   ``VistaPipeline.ask`` passes), cached video features replace the vision tower and cached scout
+   ViT embeddings leave only the scout's Q-Former to run (freshly computed ones are stored).
 2b. ``_expand_multimodal_outputs`` wrapper (outer model, ``num_beams`` / ``num_return_sequences``):
    repeats each sample's (unpruned) videos by the pruned placeholder counts.
 3. ``forward`` wrapper (inner model): finds each video's placeholder span, builds the question
