@@ -100,6 +100,22 @@ def shapes(model, scout) -> dict:
     }
 
 
+def toy_flops(model, scout, frames: int, retention: float, prompt_tokens: int) -> dict:
+    """Analytic GFLOPs of the benchmark's own model (same counting as :func:`real_7b_flops`)."""
+    from vista.flops import LLMShape, prefill_flops
+
+    vc, sv = model.config.vision_config, scout.model.config.vision_config
+    n_tower = (vc.image_size // vc.patch_size) ** 2
+    tower = LLMShape(hidden_size=vc.hidden_size, intermediate_size=vc.intermediate_size,
+                     num_layers=vc.num_hidden_layers, num_heads=vc.num_attention_heads, gated_mlp=False)
+    svit = LLMShape(hidden_size=sv.hidden_size, intermediate_size=sv.intermediate_size,
+                    num_layers=sv.num_hidden_layers, num_heads=sv.num_attention_heads, gated_mlp=False)
+    n_scout = (sv.image_size // sv.patch_size) ** 2 + 1
+    return {"vision_tower": frames * prefill_flops(n_tower, tower) / 1e9,
+            "scout_vit": frames * prefill_flops(n_scout, svit) / 1e9,
+            "llm_prefill": prefill_flops(prompt_tokens, LLMShape.from_config(model.config)) / 1e9}
+
+
 def real_7b_flops(frames: int = 64, retention: float = 0.15, text_tokens: int = 40) -> dict:
     """Analytic FLOPs of each part of one question on the real 7B shapes (see the docstring)."""
     import vista
@@ -133,6 +149,12 @@ def real_7b_flops(frames: int = 64, retention: float = 0.15, text_tokens: int = 
         "saved_per_follow_up_tflops": (first - follow) / 1e12,
         "follow_up_fraction_of_first": follow / first,
     }
+
+
+def _text_tokens(pipe, question: str) -> int:
+    """Prompt tokens besides the video placeholders (chat markers, the question)."""
+    tok = pipe.processor.tokenizer
+    return len(tok(pipe.build_prompt(question))["input_ids"]) - 1  # the one <video> marker
 
 
 def main(argv=None) -> int:
@@ -171,7 +193,8 @@ def main(argv=None) -> int:
             res = pipe.ask(clip, q, max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
             wall = time.perf_counter() - t0
             row = {"question": i + 1, "text": q, "cache": res.summary().rsplit("| ", 1)[-1],
-                   "tokens": [res.tokens_before, res.tokens_after], "wall_s": wall}
+                   "tokens": [res.tokens_before, res.tokens_after], "wall_s": wall,
+                   "prompt_tokens": int(res.tokens_after + _text_tokens(pipe, q))}
             row.update({p: float(res.timings.get(p, 0.0)) for p in PHASES})
             rows.append(row)
             print(f"question {i + 1}: {row['cache']}, total {row['total']:.2f}s", file=sys.stderr)
@@ -190,6 +213,7 @@ def main(argv=None) -> int:
         "follow_up_mean": mean,
         "speedup_total": rows[0]["total"] / mean["total"] if mean["total"] > 0 else None,
         "cache_info": {k: v for k, v in pipe.cache_info().items() if k != "by_kind"},
+        "toy_gflops": toy_flops(model, scout, args.frames, args.retention, int(rows[0]["prompt_tokens"])),
         "real_7b_flops": flops,
     }
     out = args.out or os.path.join(HERE, "results", f"sessions_{args.device.split(':')[0]}.json")
@@ -203,6 +227,9 @@ def main(argv=None) -> int:
         print(f"| {r['question']} | " + " | ".join(f"{r[p]:.3f}" for p in PHASES) + f" | {r['cache']} |")
     print(f"| follow-up mean | " + " | ".join(f"{mean[p]:.3f}" for p in PHASES) + " | |")
     print(f"\nspeed-up of a follow-up (total): {rec['speedup_total']:.2f}x")
+    g = rec["toy_gflops"]
+    print(f"this model, {args.frames} frames: vision tower {g['vision_tower']:.0f} GFLOP, scout ViT "
+          f"{g['scout_vit']:.0f} GFLOP, LLM prefill {g['llm_prefill']:.1f} GFLOP")
     t = flops["tflops"]
     print(f"real 7B shapes, 64 frames, retention {args.retention}: first question "
           f"{flops['first_question_tflops']:.1f} TFLOP (tower {t['vision_tower_siglip_so400m']:.1f}, projector "

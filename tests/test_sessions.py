@@ -219,3 +219,21 @@ def test_concurrent_questions_on_one_cached_pipeline(llava, clip):
     assert errors == []
     for q in qs:
         assert out[q].answer == seq[q].answer and torch.equal(out[q].pruned.keep, seq[q].pruned.keep)
+
+
+def test_scout_splits_into_vit_embeddings_and_qformer():
+    """scores_from_embeddings(vision_embeddings(f), q) == scores(f, q): the cached path's scout half."""
+    from vista.scout import build_tiny_scout
+
+    sc = build_tiny_scout(seed=0)
+    frames = torch.rand(20, 3, 64, 64)  # 20 frames: two chunks of 16 and 4
+    emb = sc.vision_embeddings(frames)
+    assert emb.shape == (20, sc.num_patches + 1, 32) and emb.dtype == sc.dtype and not emb.is_inference()
+    for q in (Q1, Q2):
+        torch.testing.assert_close(sc.scores_from_embeddings(emb, q), sc.scores(frames, q), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="image_embeds"):
+        sc.scores_from_embeddings(emb[:, 1:], Q1)
+    with pytest.raises(ValueError, match="image_embeds"):
+        sc.scores_from_embeddings(emb[0], Q1)
+    with pytest.raises(ValueError, match="question"):
+        sc.scores_from_embeddings(emb, "  ")
