@@ -310,6 +310,20 @@ class _ProgressScout:
                 bar.update(len(part))
         return torch.cat(parts, dim=0)
 
+    def vision_embeddings(self, frames, **kwargs):
+        """The scout's ViT half (feature cache path), in chunks under the same bar."""
+        import torch
+        from tqdm import tqdm
+
+        n = len(frames)
+        parts = []
+        with tqdm(total=n, desc="scout", unit="frame", leave=False) as bar:
+            for s in range(0, n, self._chunk):
+                part = frames[s : s + self._chunk]
+                parts.append(self._scout.vision_embeddings(part, **kwargs))
+                bar.update(len(part))
+        return torch.cat(parts, dim=0)
+
 
 def _models():
     try:
