@@ -137,6 +137,9 @@ def test_retention_change_and_full_retention_reuse_the_cache(llava, clip, monkey
     assert ref.answer == full.answer
     assert torch.equal(spy.logits[0], spy2.logits[0])  # retention 1.0 stays bit-exact with cached features
     spy2.close()
+    # one time range written two ways is one clip
+    assert pipe.ask(clip, Q1, max_new_tokens=1, clip=(None, 1.5)).cache["frames"] == "miss"
+    assert pipe.ask(clip, Q2, max_new_tokens=1, clip=(0, 1.5)).cache_hit
 
 
 def test_disk_layer_shared_between_pipelines(llava, scout, clip, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ import numpy as np
 
 from .cache import DEFAULT_CACHE_BYTES, FeatureCache
 from .config import VistaConfig, check_config
-from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames
+from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames, check_time_range
 
 # Phases reported by AskResult.timings (seconds), in display order. Phases measured inside the
 # patched model (vision, scout, prune, ...) come from last_prune_info and are added when present.
@@ -488,7 +488,8 @@ class VistaPipeline:
             if ident is None or not self.cache.enabled:
                 v = as_video(video, n, progress=self.progress, **kw)
                 return v, None if ident is None else key_string({"file": ident, "frames": n, "clip": clip}), None
-            key = key_string({"file": ident, "frames": n, "clip": list(clip) if clip is not None else None})
+            rng = check_time_range(*clip) if clip is not None else None  # (None, 2) and (0, 2.0) are one clip
+            key = key_string({"file": ident, "frames": n, "clip": list(rng) if rng is not None else None})
             t0 = time.perf_counter()
             hit = self.cache.get("frames", key)
             if hit is not None:
