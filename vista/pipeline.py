@@ -78,7 +78,8 @@ class AskResult:
         (budgets = N, one segment of relevance 1.0, ``"all_kept": True``; see
         ``VistaPipeline._all_kept_record``).
     new_tokens: number of generated tokens.
-    video: the sampled :class:`vista.video.Video` (its frames are what the model saw).
+    video: the sampled :class:`vista.video.Video` (its frames are what the model saw; with the
+        feature cache on they are the cached array: do not modify them in place).
     config: the VistaConfig used.
     notes: remarks, e.g. a short video that gave fewer frames than asked.
     cache: what the per-video feature cache gave (``VistaPipeline(cache_bytes=...)``): kind ->

@@ -250,6 +250,8 @@ def _cached_video_features(inner, adapter, orig, args, call_args, call_kwargs, c
     blocks = [cache.features(k, variant, dev) for k in range(cache.num_videos)] if cache.enabled else [None]
     if all(b is not None for b in blocks):
         out = adapter.features_output(blocks)
+        if call_kwargs.get("return_dict") is False:  # as the stock @can_return_tuple would
+            out = out.to_tuple()
     else:
         out = orig(*call_args, **call_kwargs)
         if cache.enabled:
