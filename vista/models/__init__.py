@@ -254,7 +254,7 @@ def _cached_video_features(inner, adapter, orig, args, call_args, call_kwargs, c
             out = out.to_tuple()
     else:
         out = orig(*call_args, **call_kwargs)
-        if cache.enabled:
+        if cache.enabled and getattr(out, "pooler_output", None) is not None:  # (not a return_dict=False tuple)
             for k, b in enumerate(adapter.feature_blocks(out)):
                 cache.store_features(k, variant, b)
     cache.add_time("vision_s", clock.since(t0))
