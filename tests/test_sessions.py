@@ -240,3 +240,28 @@ def test_scout_splits_into_vit_embeddings_and_qformer():
         sc.scores_from_embeddings(emb[0], Q1)
     with pytest.raises(ValueError, match="question"):
         sc.scores_from_embeddings(emb, "  ")
+
+
+def test_patched_model_uses_a_cache_handle_directly(llava):
+    """generate(..., vista_cache=VideoCacheHandle(...)) on a model patched with apply_vista."""
+    from vista.cache import FeatureCache, VideoCacheHandle
+    from vista.models import apply_vista, last_prune_info, load_pretrained
+
+    model, proc = load_pretrained(llava, attn_implementation="sdpa")
+    apply_vista(model, vista.VistaConfig(retention=0.25), processor=proc)
+    calls = []
+    h = model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": Q1}]}]
+    prompt = proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    inputs = proc(text=[prompt], videos=[synthetic_video(3, height=48, width=48, seed=4).frames], return_tensors="pt")
+    cache = FeatureCache(10_000_000)
+    outs, keeps = [], []
+    for _ in range(2):
+        handle = VideoCacheHandle(cache, ["my-video"], "my-model")
+        with torch.inference_mode():
+            outs.append(model.generate(**inputs, max_new_tokens=2, do_sample=False, vista_cache=handle))
+        keeps.append(last_prune_info(model)[0]["pruned"].keep)
+    h.remove()
+    assert len(calls) == 1 and handle.status == {"features": "hit"} and cache.info()["by_kind"]["features"]["hits"] == 1
+    assert torch.equal(outs[0], outs[1]) and torch.equal(keeps[0], keeps[1])
+    assert set(handle.resolved_timings()) == {"vision_s"}
