@@ -140,3 +140,19 @@ def test_chat_errors_are_one_line(monkeypatch, capsys, llava, clip, tmp_path):
     assert main(["chat", str(clip), "--model", llava, "--frames", "2", "-q"]) == 0
     err = capsys.readouterr().err
     assert "vista chat: error: /map: no answer yet" in err
+
+
+def test_ask_reuses_features_across_runs_with_cache_dir(capsys, llava, scout, clip, tmp_path):
+    base = ["ask", str(clip), "what color is the ball ?", "--model", llava, "--scout", scout, "--frames", "4",
+            "--max-new-tokens", "2", "--json", "--start", "0.1", "--end", "0.9"]
+    assert main(base) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["cache"] == {}  # one question, no --cache-dir: nothing kept
+    recs = []
+    for _ in range(2):
+        assert main(base + ["--cache-dir", str(tmp_path / "c")]) == 0
+        recs.append(json.loads(capsys.readouterr().out))
+    assert recs[0]["cache"] == {"frames": "miss", "features": "miss", "scout": "miss"}
+    assert recs[1]["cache"] == {"frames": "disk", "features": "disk", "scout": "disk"}  # a later run: no encoding
+    assert recs[1]["budgets"] == recs[0]["budgets"] == plain["budgets"] and recs[1]["answer"] == plain["answer"]
+    assert recs[1]["clip"] == plain["clip"] == [0.1, 0.9]

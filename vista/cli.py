@@ -1,7 +1,7 @@
 """The ``vista`` command.
 
     vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
-              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet]
+              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet] [--cache-dir DIR]
     vista chat VIDEO --model PATH [--scout PATH] [--history] [--cache-dir DIR] [...]
               (questions from the terminal or stdin, one a line; /map FILE, /retention R, /quit)
     vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json]
@@ -150,16 +150,22 @@ def cmd_ask(args) -> int:
         raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
     _check_map_path(args.save_map)
     progress = _show_progress(args)
-    video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
+    video = None  # with --cache-dir, ask decodes (or finds the frames) through the cache
+    if args.cache_dir is None:
+        video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
 
     _quiet_transformers()
     from .config import VistaConfig
     from .pipeline import VistaPipeline
 
     config = VistaConfig(retention=args.retention, backend=args.backend)
+    # one question: no memory cache; --cache-dir shares frames and features with later runs
     pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device,
-                         dtype=args.dtype, num_frames=args.frames, progress=progress)
-    res = pipe.ask(video, args.question, max_new_tokens=args.max_new_tokens)
+                         dtype=args.dtype, num_frames=args.frames, progress=progress, cache_bytes=0,
+                         cache_dir=args.cache_dir)
+    clip = None if video is not None or (args.start is None and args.end is None) else (args.start, args.end)
+    res = pipe.ask(video if video is not None else args.video, args.question, max_new_tokens=args.max_new_tokens,
+                   clip=clip)
     map_info = res.save_map(args.save_map) if args.save_map else None
     for n in res.notes:  # after success, so that a failure is reported on one line
         _note(args, n)
@@ -369,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the video from this time on (seconds; video files only)")
     a.add_argument("--end", type=float, default=None, metavar="SEC",
                    help="use only the video up to this time (seconds; video files only)")
+    a.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="reuse / keep the video's decoded frames and features here, across runs")
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="model dtype (default: the loader's)")
