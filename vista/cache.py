@@ -271,7 +271,7 @@ class FeatureCache:
                                   json.dumps({"format": _FORMAT, "entries": idx}, indent=1).encode("utf-8"))
             with self._lock:
                 self._counters["disk_writes"] += 1
-        except OSError:
+        except Exception:  # noqa: BLE001 - a failed disk write (full disk, ...) never fails an answer
             with self._lock:
                 self._counters["disk_errors"] += 1
 
