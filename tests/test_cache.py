@@ -205,3 +205,19 @@ def test_disk_layer_survives_a_killed_writer(tmp_path, stage):
             os.utime(tmp_path / n, (1, 1))
     FeatureCache(0, tmp_path)
     assert not any(n.startswith(".tmp-") for n in os.listdir(tmp_path))
+
+
+def test_a_failed_disk_write_is_counted_not_raised(tmp_path, monkeypatch):
+    import errno
+
+    import vista.cache as vc
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vc, "_atomic_write", full)
+    c = FeatureCache(max_bytes=1000, cache_dir=tmp_path)
+    c.put("features", "k", _t(64, 5.0))
+    assert c.info()["disk_errors"] == 1 and c.info()["disk_writes"] == 0
+    assert float(c.get("features", "k").tensors["x"][0]) == 5.0  # the memory layer still holds it
+    assert FeatureCache(0, tmp_path).get("features", "k") is None
