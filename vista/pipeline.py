@@ -427,6 +427,10 @@ class VistaPipeline:
         self._keys: Dict[str, Optional[str]] = {}
         self._keys_lock = threading.Lock()
 
+    @property
+    def _caching(self) -> bool:
+        return getattr(self, "cache", None) is not None and self.cache.enabled
+
     def cache_info(self) -> Dict[str, Any]:
         """The feature cache's counters and sizes (see ``vista.cache.FeatureCache.info``)."""
         return self.cache.info()
@@ -486,7 +490,7 @@ class VistaPipeline:
                 ident = file_identity(video)
             except OSError:
                 ident = None  # missing/unreadable: load_video reports it
-            if ident is None or not self.cache.enabled:
+            if ident is None or not self._caching:
                 v = as_video(video, n, progress=self.progress, **kw)
                 return v, None if ident is None else key_string({"file": ident, "frames": n, "clip": clip}), None
             rng = check_time_range(*clip) if clip is not None else None  # (None, 2) and (0, 2.0) are one clip
@@ -501,7 +505,7 @@ class VistaPipeline:
             self.cache.put("frames", key, *_video_to_entry(v))
             return v, key, "miss"
         v = as_video(video, n, progress=self.progress, **kw)
-        if not self.cache.enabled:
+        if not self._caching:
             return v, None, None
         return v, key_string({"array": array_identity(v.frames)}), None
 
@@ -582,11 +586,12 @@ class VistaPipeline:
         t_start -= v.decode_seconds if isinstance(video, Video) else 0.0
 
         t = time.perf_counter()
-        inputs = self.prepare(v, question, history)
+        # (two arguments without history: overrides of prepare(video, question) keep working)
+        inputs = self.prepare(v, question, history) if history else self.prepare(v, question)
         timings["preprocess"] = time.perf_counter() - t
         from .cache import VideoCacheHandle
 
-        use_cache = self.cache.enabled and video_key is not None
+        use_cache = self._caching and video_key is not None
         model_key, scout_key = self._fingerprints() if use_cache else ("", None)
         handle = VideoCacheHandle(self.cache if use_cache else None, [video_key or ""], model_key, scout_key)
 
