@@ -72,6 +72,7 @@ class _FakePipeline:
 
     def __init__(self, model_path, scout_path=None, config=None, device="cpu", dtype=None, **kw):
         self.model, self.processor, self.config, self.asks = object(), None, config, []
+        self.kw = kw
         _FakePipeline.instances.append(self)
 
     def set_config(self, cfg):
@@ -91,6 +92,7 @@ def test_pipeline_answer_factory_threads_the_range_to_ask(tmp_path, mvbench, mon
     res = run_sweep(mvbench, [1.0, 0.25], pipeline_answer_factory(str(tmp_path)), tmp_path / "c.jsonl",
                     progress=False)
     (pipe,) = _FakePipeline.instances
+    assert pipe.kw.get("cache_bytes") == 0  # every question measured from scratch
     got = {(v.replace("\\", "/").split("/video/")[1], tuple(sorted(kw.items()))) for v, kw in pipe.asks}
     assert got == {("star/Charades_v1_480/ZS9XR.mp4", (("clip", (11.1, 19.6)),)),
                    ("clevrer/video_validation/video_10010.mp4", ()),

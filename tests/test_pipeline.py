@@ -230,3 +230,21 @@ def test_progress_scout_gives_the_same_scores():
     assert wrapped.grid_hw == (2, 2)
     torch.testing.assert_close(wrapped.scores(frames, "q"), Fake().scores(frames, "q"), rtol=0, atol=0)
     assert wrapped.scores(frames[:3], "q").shape == (3, 4)
+
+
+def test_progress_scout_wraps_the_cached_path_too():
+    """Regression: with the feature cache the model calls vision_embeddings, which bypassed the bar."""
+    from vista.pipeline import _ProgressScout
+
+    class Fake:
+        grid_hw = (2, 2)
+        calls = []
+
+        def vision_embeddings(self, frames):
+            Fake.calls.append(len(frames))
+            return frames.float().mean(dim=(2, 3))[:, None, :].expand(-1, 5, -1)
+
+    frames = torch.rand(37, 3, 8, 8)
+    out = _ProgressScout(Fake(), chunk=16).vision_embeddings(frames)
+    torch.testing.assert_close(out, Fake().vision_embeddings(frames), rtol=0, atol=0)
+    assert Fake.calls[:3] == [16, 16, 5]

@@ -1,7 +1,9 @@
 """The ``vista`` command.
 
     vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
-              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet]
+              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet] [--cache-dir DIR]
+    vista chat VIDEO --model PATH [--scout PATH] [--history] [--cache-dir DIR] [...]
+              (questions from the terminal or stdin, one a line; /map FILE, /retention R, /quit)
     vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json] [--save-models DIR]
     vista eval ... / vista train-scout ...
 
@@ -200,16 +202,22 @@ def cmd_ask(args) -> int:
         raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
     _check_map_path(args.save_map)
     progress = _show_progress(args)
-    video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
+    video = None  # with --cache-dir, ask decodes (or finds the frames) through the cache
+    if args.cache_dir is None:
+        video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
 
     _quiet_transformers()
     from .config import VistaConfig
     from .pipeline import VistaPipeline
 
     config = VistaConfig(retention=args.retention, backend=args.backend)
+    # one question: no memory cache; --cache-dir shares frames and features with later runs
     pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device,
-                         dtype=args.dtype, num_frames=args.frames, progress=progress)
-    res = pipe.ask(video, args.question, max_new_tokens=args.max_new_tokens)
+                         dtype=args.dtype, num_frames=args.frames, progress=progress, cache_bytes=0,
+                         cache_dir=args.cache_dir)
+    clip = None if video is not None or (args.start is None and args.end is None) else (args.start, args.end)
+    res = pipe.ask(video if video is not None else args.video, args.question, max_new_tokens=args.max_new_tokens,
+                   clip=clip)
     map_info = res.save_map(args.save_map) if args.save_map else None
     for n in res.notes:  # after success, so that a failure is reported on one line
         _note(args, n)
@@ -227,6 +235,97 @@ def _check_map_path(path: Optional[str]) -> None:
         raise UsageError(f"--save-map {path}: {parent} is not a directory")
     if os.path.isdir(path):
         raise UsageError(f"--save-map {path}: is a directory")
+
+
+# ------------------------------------------------------------------------------ vista chat
+
+CHAT_HELP = ("type a question (one a line); /map FILE.png saves the last answer's token map, "
+             "/retention R changes retention, /quit (or end of input) ends")
+
+
+def _chat_lines(interactive: bool):
+    """Questions and commands: from the terminal (with a prompt) or from stdin, one a line."""
+    if interactive:
+        while True:
+            try:
+                yield input("vista> ")
+            except EOFError:
+                sys.stdout.write("\n")
+                return
+    else:
+        for line in sys.stdin:
+            yield line
+
+
+def _chat_command(args, pipe, line: str, last) -> None:
+    """Run one /command of ``vista chat``; raises UsageError on bad input."""
+    cmd, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if cmd == "/map":
+        if not rest:
+            raise UsageError("/map needs a file name, e.g. /map map.png")
+        if last is None:
+            raise UsageError("/map: no answer yet; ask a question first")
+        _check_map_path(rest)
+        m = last.save_map(rest)
+        print(f"[vista] token map: {m.path} ({m.width}x{m.height})", flush=True)
+    elif cmd == "/retention":
+        try:
+            r = _retention(rest)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"/retention {e}") from None
+        pipe.set_config(pipe.config.replace(retention=r))
+        print(f"[vista] retention {r:g}", flush=True)
+    elif cmd == "/help":
+        print(f"[vista] {CHAT_HELP}", flush=True)
+    else:
+        raise UsageError(f"unknown command {cmd!r}; {CHAT_HELP}")
+
+
+def cmd_chat(args) -> int:
+    if not os.path.isdir(args.model):
+        raise UsageError(f"--model {args.model}: no such directory (expected a saved model + processor)")
+    if args.scout is not None and not os.path.isdir(args.scout):
+        raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
+    progress = _show_progress(args)
+    _quiet_transformers()
+    from .config import VistaConfig
+    from .pipeline import VistaPipeline
+    from .video import check_time_range
+
+    clip = check_time_range(args.start, args.end)
+    config = VistaConfig(retention=args.retention, backend=args.backend)
+    pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device, dtype=args.dtype,
+                         num_frames=args.frames, progress=progress, cache_dir=args.cache_dir)
+    video = pipe.open_video(args.video, clip=clip)  # decode once, up front: a bad video fails here
+    for n in video.notes:
+        _note(args, n)
+    interactive = sys.stdin.isatty()
+    if interactive and not args.quiet:
+        print(f"vista chat: {video.summary()}; {CHAT_HELP}", flush=True)
+    history: list = []
+    last = None
+    for raw in _chat_lines(interactive):
+        line = raw.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit", "/q"):
+            break
+        if line.startswith("/"):
+            try:
+                _chat_command(args, pipe, line, last)
+            except (UsageError, ValueError, OSError) as e:  # the session goes on
+                sys.stderr.write(f"vista chat: error: {_one_line(e)}\n")
+                sys.stderr.flush()
+            continue
+        res = pipe.ask(args.video, line, max_new_tokens=args.max_new_tokens, clip=clip,
+                       history=history if args.history else None)
+        last = res
+        if args.history:
+            history.append((line, res.answer))
+        _print_result(args, res, None)
+        sys.stdout.flush()
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------ vista demo
@@ -354,7 +453,7 @@ def cmd_demo(args) -> int:
 # ------------------------------------------------------------------------------ parser / main
 
 
-_COMMANDS = ("ask", "demo", "eval", "train-scout")
+_COMMANDS = ("ask", "chat", "demo", "eval", "train-scout")
 
 
 def _command_in(argv: Optional[List[str]]) -> Optional[str]:
@@ -375,14 +474,14 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argp
 
     p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
     p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{ask,demo,eval,train-scout}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{ask,chat,demo,eval,train-scout}")
 
     def common(sp, frames_default):
         sp.add_argument("--retention", type=_retention, default=0.15, metavar="R",
                         help="fraction of visual tokens kept, in (0, 1] (default 0.15)")
         sp.add_argument("--frames", type=_positive_int("--frames"), default=frames_default, metavar="N",
                         help=f"frames sampled uniformly from the video (default {frames_default})")
-        max_new = 128 if sp.prog.endswith("ask") else 8
+        max_new = 128 if sp.prog.endswith(("ask", "chat")) else 8
         sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), metavar="N",
                         default=max_new, help=f"answer length limit in tokens (default {max_new})")
         sp.add_argument("--json", action="store_true", help="print one JSON record instead of text")
@@ -402,11 +501,32 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argp
                    help="use only the video from this time on (seconds; video files only; default: the start)")
     a.add_argument("--end", type=float, default=None, metavar="SEC",
                    help="use only the video up to this time (seconds; video files only; default: the end)")
+    a.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="reuse / keep the video's decoded frames and features here, across runs (default: none)")
     a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                    help="model dtype (default: the loader's)")
     common(a, 64)
     a.set_defaults(func=cmd_ask)
+
+    c = sub.add_parser("chat", help="ask many questions about one video (decoded and encoded once)",
+                       description="Load the model once, decode and encode the video once, then answer "
+                                   "questions read from the terminal (or stdin, one a line). " + CHAT_HELP + ".")
+    c.add_argument("video", help="video file, image file or folder of images")
+    c.add_argument("--model", required=True, metavar="PATH",
+                   help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
+    c.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
+    c.add_argument("--start", type=float, default=None, metavar="SEC", help="use only the video from this time on")
+    c.add_argument("--end", type=float, default=None, metavar="SEC", help="use only the video up to this time")
+    c.add_argument("--history", action="store_true",
+                   help="put earlier questions and answers into the prompt (as text; default: each question alone)")
+    c.add_argument("--cache-dir", metavar="DIR", default=None,
+                   help="also keep the video's features on disk here, for later sessions")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    c.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="model dtype (default: the loader's)")
+    common(c, 64)
+    c.set_defaults(func=cmd_chat)
 
     d = sub.add_parser("demo", help="offline demo: tiny random models on a synthetic video (no download)",
                        description="Build tiny random-weight models and a synthetic video, answer a question "

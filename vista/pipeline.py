@@ -13,22 +13,31 @@ the video (``vista.video``), builds the prompt with the processor's chat templat
 pruning, per-phase timings and the pruning record (``vista.models.last_prune_info``). An evaluation
 harness can hold one pipeline and call ``ask`` many times; ``VistaPipeline.from_components`` wraps
 an already loaded model/processor/scout.
+
+Many questions about one video: the pipeline keeps a per-video feature cache
+(:mod:`vista.cache`; ``cache_bytes=``, ``cache_dir=``, ``cache_info()``, ``clear_cache()``), so a
+follow-up question skips decoding, the vision tower and the scout's ViT and runs only the scout's
+Q-Former, the pruning and the LLM -- with the same kept tokens and answer as a fresh pipeline.
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .cache import DEFAULT_CACHE_BYTES, FeatureCache
 from .config import VistaConfig, check_config
-from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames
+from .video import DEFAULT_NUM_FRAMES, Video, VideoError, as_video, check_num_frames, check_time_range
 
 # Phases reported by AskResult.timings (seconds), in display order. Phases measured inside the
 # patched model (vision, scout, prune, ...) come from last_prune_info and are added when present.
-PHASES = ("load", "decode", "preprocess", "vision", "scout", "prune", "prefill", "generate", "total")
+PHASES = ("load", "decode", "preprocess", "vision", "scout", "scout_vit", "scout_qformer", "prune", "prefill",
+          "generate", "total")
+_SPLIT_PHASES = ("scout_vit", "scout_qformer")  # parts of "scout": in to_dict(), not in summary()
 
 
 class PipelineError(ValueError):
@@ -56,19 +65,27 @@ class AskResult:
     tokens_before / tokens_after: visual tokens entering the LLM without / with Vista (the
         video placeholders of the prompt; LLaVA adds one newline token to a video's T*196).
     timings: seconds per phase (see ``PHASES``): ``load`` model (+ scout) loading, once per
-        pipeline; ``decode`` video decoding and sampling; ``preprocess`` the processor; ``scout``
-        and ``prune`` as measured inside the patched model; ``prefill`` the rest of the time to the
-        first token (vision tower, projector, LLM prefill); ``generate`` the remaining tokens;
-        ``total`` decode to the last token (without ``load``).
+        pipeline; ``decode`` video decoding and sampling (a cache lookup on a hit); ``preprocess``
+        the processor; ``vision`` the backbone's vision tower + projector (+ pooling), ~0 when its
+        output came from the cache; ``scout`` the semantic scout, with its parts ``scout_vit``
+        (absent when cached) and ``scout_qformer`` when the feature cache is on; ``prune`` as
+        measured inside the patched model; ``prefill`` the rest of the time to the first token
+        (the LLM's prefill); ``generate`` the remaining tokens; ``total`` decode to the last
+        token (without ``load``).
     prune: ``vista.models.last_prune_info(model)``: one dict per video with ``pruned`` (a
         ``vista.PrunedVideo``), ``grid`` (T, h, w), ``question`` and ``timings``. At retention
         1.0 the stock model runs and records nothing; ``ask`` then stores one all-kept record
         (budgets = N, one segment of relevance 1.0, ``"all_kept": True``; see
         ``VistaPipeline._all_kept_record``).
     new_tokens: number of generated tokens.
-    video: the sampled :class:`vista.video.Video` (its frames are what the model saw).
+    video: the sampled :class:`vista.video.Video` (its frames are what the model saw; with the
+        feature cache on they are the cached array: do not modify them in place).
     config: the VistaConfig used.
     notes: remarks, e.g. a short video that gave fewer frames than asked.
+    cache: what the per-video feature cache gave (``VistaPipeline(cache_bytes=...)``): kind ->
+        ``"hit"`` (memory), ``"disk"`` (the on-disk layer) or ``"miss"``, for ``"frames"``
+        (decoding), ``"features"`` (the backbone's vision tower) and ``"scout"`` (the scout's
+        ViT); empty when caching is off.
     """
 
     answer: str
@@ -83,6 +100,23 @@ class AskResult:
     video: Optional[Video] = None
     config: Optional[VistaConfig] = None
     notes: List[str] = field(default_factory=list)
+    cache: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache_hit(self) -> bool:
+        """True when decoding and both vision towers were skipped (everything came from the cache)."""
+        return bool(self.cache) and all(v in ("hit", "disk") for v in self.cache.values())
+
+    def cache_summary(self) -> str:
+        """``"cache hit"``, ``"cache miss"``, ``"cache partial (frames hit, features miss)"`` or ""."""
+        if not self.cache:
+            return ""
+        vals = set(self.cache.values())
+        if self.cache_hit:
+            return "cache hit" + (" (disk)" if "disk" in vals else "")
+        if vals == {"miss"}:
+            return "cache miss"
+        return "cache partial (" + ", ".join(f"{k} {v}" for k, v in self.cache.items()) + ")"
 
     @property
     def retention(self) -> float:
@@ -107,12 +141,15 @@ class AskResult:
         if self.frames < self.frames_requested:
             fr += f" (of {self.frames_requested} asked)"
         parts = [fr, f"visual tokens {self.tokens_before} -> {self.tokens_after} ({100.0 * self.retention:.1f}%)"]
-        times = "  ".join(f"{k} {self.timings[k]:.2f}s" for k in _ordered(self.timings) if k not in ("total", "load"))
+        times = "  ".join(f"{k} {self.timings[k]:.2f}s" for k in _ordered(self.timings)
+                          if k not in ("total", "load") + _SPLIT_PHASES)
         if times:
             parts.append(times)
         if "total" in self.timings:
             parts.append(f"total {self.timings['total']:.2f}s"
                          + (f" (+ load {self.timings['load']:.2f}s)" if "load" in self.timings else ""))
+        if self.cache:
+            parts.append(self.cache_summary())
         return " | ".join(parts)
 
     def segments(self) -> List[Dict[str, Any]]:
@@ -154,6 +191,7 @@ class AskResult:
             "grid": None if not self.prune else [int(g) for g in self.prune[0].get("grid") or ()],
             "config": None if self.config is None else self.config.to_dict(),
             "notes": list(self.notes),
+            "cache": dict(self.cache),
             "summary": self.summary(),
         }
         return rec
@@ -273,6 +311,20 @@ class _ProgressScout:
                 bar.update(len(part))
         return torch.cat(parts, dim=0)
 
+    def vision_embeddings(self, frames, **kwargs):
+        """The scout's ViT half (feature cache path), in chunks under the same bar."""
+        import torch
+        from tqdm import tqdm
+
+        n = len(frames)
+        parts = []
+        with tqdm(total=n, desc="scout", unit="frame", leave=False) as bar:
+            for s in range(0, n, self._chunk):
+                part = frames[s : s + self._chunk]
+                parts.append(self._scout.vision_embeddings(part, **kwargs))
+                bar.update(len(part))
+        return torch.cat(parts, dim=0)
+
 
 def _models():
     try:
@@ -295,15 +347,23 @@ class VistaPipeline:
             the loader's default.
         num_frames: frames sampled from each video (default 64, the paper's setting).
         progress: tqdm bars for decoding and generation.
+        cache_bytes: bound of the per-video feature cache in memory (decoded frames, video
+            features before pruning, the scout's ViT embeddings; see :mod:`vista.cache`), default
+            4 GiB; 0 disables it. A follow-up question about a cached video skips decoding, the
+            vision tower and the scout's ViT, with the same answer as a fresh pipeline.
+        cache_dir: optional folder for the cache's on-disk layer (safetensors files + a JSON
+            index), so that another process reuses the features.
     """
 
     def __init__(self, model_path, scout_path=None, config: Optional[VistaConfig] = None, device="cpu",
                  dtype=None, *, retention: Optional[float] = None, num_frames: int = DEFAULT_NUM_FRAMES,
-                 attn_implementation: Optional[str] = None, progress: bool = False):
+                 attn_implementation: Optional[str] = None, progress: bool = False,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, cache_dir=None):
         self.config = _check_config(config, retention)
         self.num_frames = check_num_frames(num_frames)
         self.progress = bool(progress)
         self.timings: Dict[str, float] = {}
+        self._init_cache(cache_bytes, cache_dir)
         if not isinstance(model_path, (str, os.PathLike)):
             raise PipelineError(f"model_path must be a directory path, got {type(model_path).__name__}")
         model_path = os.fspath(model_path)
@@ -333,13 +393,15 @@ class VistaPipeline:
     @classmethod
     def from_components(cls, model, processor, scout=None, config: Optional[VistaConfig] = None, *,
                         retention: Optional[float] = None, num_frames: int = DEFAULT_NUM_FRAMES,
-                        progress: bool = False) -> "VistaPipeline":
+                        progress: bool = False, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                        cache_dir=None) -> "VistaPipeline":
         """A pipeline around an already loaded model, processor and (optional) scout."""
         self = cls.__new__(cls)
         self.config = _check_config(config, retention)
         self.num_frames = check_num_frames(num_frames)
         self.progress = bool(progress)
         self.timings = {}
+        self._init_cache(cache_bytes, cache_dir)
         self.model_path = self.scout_path = None
         self._setup(model, processor, scout)
         return self
@@ -356,6 +418,97 @@ class VistaPipeline:
     def device(self):
         return _model_device(self.model)
 
+    # --------------------------------------------------------------------------------- cache
+    def _init_cache(self, cache_bytes, cache_dir) -> None:
+        try:
+            self.cache = FeatureCache(cache_bytes, cache_dir)
+        except (TypeError, ValueError, OSError) as e:
+            raise PipelineError(str(e)) from None
+        self._keys: Dict[str, Optional[str]] = {}
+        self._keys_lock = threading.Lock()
+
+    @property
+    def _caching(self) -> bool:
+        return getattr(self, "cache", None) is not None and self.cache.enabled
+
+    def cache_info(self) -> Dict[str, Any]:
+        """The feature cache's counters and sizes (see ``vista.cache.FeatureCache.info``)."""
+        return self.cache.info()
+
+    def clear_cache(self, disk: bool = False) -> None:
+        """Empty the feature cache's memory layer (``disk=True``: its on-disk layer too)."""
+        self.cache.clear(disk=disk)
+
+    def _fingerprints(self) -> Tuple[str, Optional[str]]:
+        """(model key, scout key): what the cached features depend on besides the video.
+
+        Model: class, config, dtype and device type, a digest of every weight outside the
+        language model (vision tower, projector, newline) and the video processor's settings.
+        Scout: its config, vision dtype, device type, a digest of its ViT and its image
+        processor's settings. Computed once per pipeline (weights are assumed not to change in
+        place; call ``clear_cache()`` if they do)."""
+        from .cache import digest, key_string, weights_digest
+
+        with self._keys_lock:
+            if "model" not in self._keys:
+                m = self.model
+                vision = [(n, p) for n, p in m.named_parameters()
+                          if "language_model" not in n and not n.startswith("lm_head")]
+                vp = getattr(self.processor, "video_processor", None)
+                self._keys["model"] = digest(key_string({
+                    "class": type(m).__name__, "config": m.config.to_json_string(use_diff=False),
+                    "dtype": str(getattr(m, "dtype", None)), "device": self.device.type,
+                    "weights": weights_digest(vision),
+                    "processor": vp.to_json_string() if hasattr(vp, "to_json_string") else repr(vp),
+                }))
+                sc = self.scout
+                if sc is None or not hasattr(sc, "model"):
+                    self._keys["scout"] = None if sc is None else f"object:{id(sc)}"
+                else:
+                    ip = getattr(getattr(sc, "processor", None), "image_processor", None)
+                    self._keys["scout"] = digest(key_string({
+                        "config": sc.model.config.to_json_string(use_diff=False), "dtype": str(sc.dtype),
+                        "device": sc.device.type, "weights": weights_digest(sc.model.vision_model.named_parameters()),
+                        "processor": ip.to_json_string() if hasattr(ip, "to_json_string") else repr(ip),
+                    }))
+            return self._keys["model"], self._keys["scout"]
+
+    def open_video(self, video, *, num_frames: Optional[int] = None,
+                   clip: Optional[Tuple[Optional[float], Optional[float]]] = None) -> Video:
+        """Decode and sample ``video`` as :meth:`ask` would, through the cache (a second call, or a
+        later ``ask`` about the same file and sampling, does not decode again)."""
+        n = self.num_frames if num_frames is None else check_num_frames(num_frames)
+        return self._video(video, n, clip)[0]
+
+    def _video(self, video, n: int, clip):
+        """(Video, its cache key, frames status "hit" | "disk" | "miss" | None)."""
+        from .cache import array_identity, file_identity, key_string
+
+        kw = _clip_kwargs(clip)
+        if isinstance(video, (str, os.PathLike)):
+            try:
+                ident = file_identity(video)
+            except OSError:
+                ident = None  # missing/unreadable: load_video reports it
+            if ident is None or not self._caching:
+                v = as_video(video, n, progress=self.progress, **kw)
+                return v, None if ident is None else key_string({"file": ident, "frames": n, "clip": clip}), None
+            rng = check_time_range(*clip) if clip is not None else None  # (None, 2) and (0, 2.0) are one clip
+            key = key_string({"file": ident, "frames": n, "clip": list(rng) if rng is not None else None})
+            t0 = time.perf_counter()
+            hit = self.cache.get("frames", key)
+            if hit is not None:
+                v = _video_from_entry(hit)
+                v.decode_seconds = time.perf_counter() - t0
+                return v, key, "disk" if hit.source == "disk" else "hit"
+            v = as_video(video, n, progress=self.progress, **kw)
+            self.cache.put("frames", key, *_video_to_entry(v))
+            return v, key, "miss"
+        v = as_video(video, n, progress=self.progress, **kw)
+        if not self._caching:
+            return v, None, None
+        return v, key_string({"array": array_identity(v.frames)}), None
+
     def set_config(self, config: VistaConfig) -> None:
         """Switch the patched model to another VistaConfig (e.g. another retention)."""
         config = _check_config(config, None)
@@ -363,18 +516,27 @@ class VistaPipeline:
         self.config = config
 
     # ----------------------------------------------------------------------------------- ask
-    def build_prompt(self, question: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    def build_prompt(self, question: str, history: Optional[List[Tuple[str, str]]] = None) -> str:
+        """The chat prompt: one user turn with the video and ``question``; with ``history``
+        ((question, answer) pairs of earlier turns), those turns come first as text -- the video
+        sits in the first user turn only, once."""
+        turns = [(q, a) for q, a in (history or [])] + [(question, None)]
+        messages = []
+        for i, (q, a) in enumerate(turns):
+            content = ([{"type": "video"}] if i == 0 else []) + [{"type": "text", "text": q}]
+            messages.append({"role": "user", "content": content})
+            if a is not None:
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
         try:
             return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as e:  # missing/broken template
             raise PipelineError(f"the processor's chat template failed: {e}") from None
 
-    def prepare(self, video: Video, question: str):
+    def prepare(self, video: Video, question: str, history: Optional[List[Tuple[str, str]]] = None):
         """Processor inputs (on the model's device) for one video and question."""
         import torch
 
-        prompt = self.build_prompt(question)
+        prompt = self.build_prompt(question, history)
         frames = video.frames
         inputs = self.processor(text=[prompt], videos=[frames], return_tensors="pt")
         dev = self.device
@@ -390,8 +552,14 @@ class VistaPipeline:
 
     def ask(self, video, question: str, max_new_tokens: int = 128, *, num_frames: Optional[int] = None,
             do_sample: bool = False, clip: Optional[Tuple[Optional[float], Optional[float]]] = None,
-            **generate_kwargs) -> AskResult:
+            history: Optional[List[Tuple[str, str]]] = None, **generate_kwargs) -> AskResult:
         """Answer ``question`` about ``video`` (a path, an image folder, a Video or a frame array).
+
+        The video's decoded frames, its features before pruning and the scout's ViT embeddings
+        are kept in the pipeline's feature cache (``cache_bytes`` / ``cache_dir``): asking again
+        about the same video (same file, frames and clip) skips decoding and both vision towers
+        and gives exactly what a fresh pipeline would (``AskResult.cache`` says what was reused).
+        ``history``: earlier (question, answer) turns to put into the prompt as text.
 
         ``clip=(start, end)``: sample the frames of that time range only (seconds from the video's
         first frame; either end may be None), as ``vista.video.load_video(..., start=, end=)``
@@ -410,15 +578,22 @@ class VistaPipeline:
         timings: Dict[str, float] = {}
         if "load" in self.timings:
             timings["load"] = self.timings["load"]
+        history = _check_history(history)
         t_start = time.perf_counter()
-        v = as_video(video, n, progress=self.progress, **_clip_kwargs(clip))
+        v, video_key, frames_status = self._video(video, n, clip)
         # a Video decoded earlier (vista.video.load_video) carries its own decode time
         timings["decode"] = v.decode_seconds if isinstance(video, Video) else time.perf_counter() - t_start
         t_start -= v.decode_seconds if isinstance(video, Video) else 0.0
 
         t = time.perf_counter()
-        inputs = self.prepare(v, question)
+        # (two arguments without history: overrides of prepare(video, question) keep working)
+        inputs = self.prepare(v, question, history) if history else self.prepare(v, question)
         timings["preprocess"] = time.perf_counter() - t
+        from .cache import VideoCacheHandle
+
+        use_cache = self._caching and video_key is not None
+        model_key, scout_key = self._fingerprints() if use_cache else ("", None)
+        handle = VideoCacheHandle(self.cache if use_cache else None, [video_key or ""], model_key, scout_key)
 
         models = _models()
         input_len = inputs["input_ids"].shape[1]
@@ -430,7 +605,7 @@ class VistaPipeline:
         try:
             with torch.inference_mode():
                 out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                          question=question, **generate_kwargs)
+                                          question=question, vista_cache=handle, **generate_kwargs)
         finally:
             timer.end()
         t_end = time.perf_counter()
@@ -444,8 +619,11 @@ class VistaPipeline:
                     k = k[:-2] if k.endswith("_s") else k  # "scout_s" -> "scout"
                     inner[k] = inner.get(k, 0.0) + float(val)
         timings.update(inner)
+        for k, val in handle.resolved_timings().items():
+            timings[k[:-2]] = val  # "vision_s" -> "vision"
         # the scout runs inline on CPU but beside the vision tower on a CUDA side stream
-        inline = inner.get("prune", 0.0) + (inner.get("scout", 0.0) if self.device.type == "cpu" else 0.0)
+        inline = (inner.get("prune", 0.0) + timings.get("vision", 0.0)
+                  + (inner.get("scout", 0.0) if self.device.type == "cpu" else 0.0))
         timings["prefill"] = max(0.0, (first - t) - inline)
         timings["generate"] = t_end - first
         timings["total"] = t_end - t_start
@@ -466,6 +644,7 @@ class VistaPipeline:
             answer=answer, question=question, frames=v.num_frames, frames_requested=n,
             tokens_before=before, tokens_after=after, timings=timings, prune=prune,
             new_tokens=int(new.numel()), video=v, config=self.config, notes=notes,
+            cache=_cache_status(frames_status, handle),
         )
 
     def _all_kept_record(self, inputs, question) -> Optional[Dict[str, Any]]:
@@ -521,6 +700,53 @@ class VistaPipeline:
             return (sum(int(r["pruned"].keep.numel()) for r in prune),
                     sum(int(r["pruned"].num_tokens) for r in prune))
         return after + removed, after
+
+
+def _cache_status(frames_status, handle) -> Dict[str, str]:
+    """AskResult.cache: what each cached part gave (parts never looked up are left out)."""
+    if not handle.enabled:
+        return {}
+    out = {}
+    if frames_status is not None:
+        out["frames"] = frames_status
+    out.update(handle.status)
+    return out
+
+
+def _check_history(history) -> List[Tuple[str, str]]:
+    if history is None:
+        return []
+    if isinstance(history, (str, bytes)) or not isinstance(history, (list, tuple)):
+        raise PipelineError(f"history must be a list of (question, answer) pairs, got {type(history).__name__}")
+    out = []
+    for i, turn in enumerate(history):
+        if (not isinstance(turn, (list, tuple)) or len(turn) != 2
+                or not all(isinstance(x, str) for x in turn)):
+            raise PipelineError(f"history[{i}] must be a (question, answer) pair of str, got {turn!r}")
+        out.append((turn[0], turn[1]))
+    return out
+
+
+def _video_to_entry(v: Video):
+    """A Video as cache tensors + JSON metadata (frames uint8, timestamps, indices)."""
+    import torch
+
+    tensors = {"frames": torch.from_numpy(np.ascontiguousarray(v.frames)),
+               "timestamps": torch.from_numpy(np.asarray(v.timestamps, dtype=np.float64).copy()),
+               "indices": torch.from_numpy(np.asarray(v.indices, dtype=np.int64).copy())}
+    meta = {"total_frames": int(v.total_frames), "requested": int(v.requested),
+            "fps": None if v.fps is None else float(v.fps), "rotation": int(v.rotation), "source": v.source,
+            "notes": list(v.notes), "clip": None if v.clip is None else [None if c is None else float(c) for c in v.clip]}
+    return tensors, meta
+
+
+def _video_from_entry(e) -> Video:
+    m = e.meta
+    return Video(frames=e.tensors["frames"].numpy(), timestamps=e.tensors["timestamps"].numpy(),
+                 indices=e.tensors["indices"].numpy(), total_frames=int(m["total_frames"]),
+                 requested=int(m["requested"]), fps=m.get("fps"), rotation=int(m.get("rotation", 0)),
+                 source=m.get("source", ""), notes=list(m.get("notes", [])),
+                 clip=None if m.get("clip") is None else tuple(m["clip"]))
 
 
 def _video_grid(model, inputs):

@@ -782,6 +782,9 @@ def pipeline_answer_factory(model_path, scout_path=None, device: str = "cpu", dt
         pipe = state.get("pipe")
         if pipe is None:
             kw = {} if num_frames is None else {"num_frames": num_frames}
+            # no feature cache: each question is measured from scratch, so TTFT and peak memory
+            # stay per-question costs, comparable across retentions (see "Ask many questions")
+            kw["cache_bytes"] = 0
             pipe = VistaPipeline(model_path, scout_path=scout_path, config=cfg, device=device, dtype=dtype, **kw)
             state["pipe"] = pipe
             state["dims"] = _llm_dims(pipe.model)

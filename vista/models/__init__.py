@@ -26,6 +26,7 @@ import torch
 from ..config import VistaConfig
 from .common import (
     PatchedMethod,
+    PhaseClock,
     VideoItem,
     VistaState,
     assign_questions,
@@ -173,13 +174,14 @@ def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None)
 # ----------------------------------------------------------------------------------------------
 def _make_generate(model, inner, adapter, orig):
     @functools.wraps(orig)
-    def generate(*args, question=None, **kwargs):
+    def generate(*args, question=None, vista_cache=None, **kwargs):
         st = get_state(model)
         if st is None:
             return orig(*args, **kwargs)
         ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
         prev = st.pending
-        st.pending = {"input_ids": ids, "attention_mask": kwargs.get("attention_mask"), "question": question}
+        st.pending = {"input_ids": ids, "attention_mask": kwargs.get("attention_mask"), "question": question,
+                      "cache": vista_cache}
         try:
             return orig(*args, **kwargs)
         finally:
@@ -196,9 +198,15 @@ def _make_get_video_features(model, inner, adapter, orig):
             return orig(*args, **kwargs)
         a = bind_arguments(orig, args, kwargs)
         ragged = isinstance(a.get("pixel_values_videos"), (list, tuple))
-        if not st.active and not ragged:
+        cache = _call_cache(st, a, ragged, adapter, inner)
+        if not st.active and not ragged and cache is None:
             return orig(*args, **kwargs)
-        call = (lambda: _ragged_video_features(inner, orig, a)) if ragged else (lambda: orig(*args, **kwargs))
+        if ragged:
+            call = lambda: _ragged_video_features(inner, orig, a)  # noqa: E731
+        elif cache is not None:
+            call = lambda: _cached_video_features(inner, adapter, orig, a, args, kwargs, cache)  # noqa: E731
+        else:
+            call = lambda: orig(*args, **kwargs)  # noqa: E731
         if st.scout is None or st.pending is None or a.get("pixel_values_videos") is None or not st.active:
             return _tag(call(), a, None)
         items = [VideoItem(index=k, grid=g) for k, g in enumerate(adapter.grids(inner, a))]
@@ -208,19 +216,64 @@ def _make_get_video_features(model, inner, adapter, orig):
         mean, std = adapter.norm_stats(proc)
         isz = getattr(st.scout, "image_size", None)
         size = int(isz[0] if isinstance(isz, (tuple, list)) else isz) if isz is not None else None
+        dev = _video_device(inner, a["pixel_values_videos"])
+        # the scout's ViT embeddings depend on the backbone's pixels (frames are rebuilt from them)
+        variant = json.dumps({"mean": list(mean), "std": list(std), "size": size})
+        splittable = (cache is not None and cache.enabled and callable(getattr(st.scout, "vision_embeddings", None))
+                      and callable(getattr(st.scout, "scores_from_embeddings", None)))
         work = []
         for it in items:
             if it.question is None:
                 continue
-            frames = denormalize_frames(adapter.scout_pixels(a, it.index, inner), mean, std, size)
-            work.append((it.index, frames, it.question, it.grid[1:], adapter.temporal_pairs, it.grid[0]))
-        dev = _video_device(inner, a["pixel_values_videos"])
+            emb = cache.scout_embeds(it.index, variant, dev) if splittable else None
+            frames = None
+            if emb is None:
+                frames = denormalize_frames(adapter.scout_pixels(a, it.index, inner), mean, std, size)
+            store = (functools.partial(cache.store_scout_embeds, it.index, variant)
+                     if splittable and emb is None else None)
+            work.append((it.index, frames, it.question, it.grid[1:], adapter.temporal_pairs, it.grid[0],
+                         emb, store))
         ready = record_ready(dev)  # frames exist: the side stream may start
         out = call()  # the vision tower is queued on the main stream first ...
-        handle = launch_scout(st, work, dev, ready)  # ... then the scout on a side stream
+        handle = launch_scout(st, work, dev, ready, cache)  # ... then the scout on a side stream
         return _tag(out, a, handle)
 
     return get_video_features
+
+
+def _call_cache(st, args, ragged, adapter, inner):
+    """The ``vista_cache=`` handle of this generate() call when it can serve this batch (one
+    stacked batch whose video count matches the handle's keys), else None."""
+    pend = st.pending
+    cache = pend.get("cache") if pend is not None else None
+    if cache is None or ragged or args.get("pixel_values_videos") is None:
+        return None
+    try:
+        n = len(adapter.grids(inner, args))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return cache if n == cache.num_videos else None
+
+
+def _cached_video_features(inner, adapter, orig, args, call_args, call_kwargs, cache):
+    """The video features through the per-video cache: all videos cached -> no vision tower;
+    otherwise the stock encoder runs and its per-video blocks are stored. Times the vision phase."""
+    variant = adapter.feature_variant(args)
+    dev = _video_device(inner, args["pixel_values_videos"])
+    clock = PhaseClock(torch.device(dev).type == "cuda")
+    t0 = clock.mark()
+    blocks = [cache.features(k, variant, dev) for k in range(cache.num_videos)] if cache.enabled else [None]
+    if all(b is not None for b in blocks):
+        out = adapter.features_output(blocks)
+        if call_kwargs.get("return_dict") is False:  # as the stock @can_return_tuple would
+            out = out.to_tuple()
+    else:
+        out = orig(*call_args, **call_kwargs)
+        if cache.enabled and getattr(out, "pooler_output", None) is not None:  # (not a return_dict=False tuple)
+            for k, b in enumerate(adapter.feature_blocks(out)):
+                cache.store_features(k, variant, b)
+    cache.add_time("vision_s", clock.since(t0))
+    return out
 
 
 def _make_get_image_features(model, inner, adapter, orig):
@@ -380,7 +433,8 @@ def _make_forward(model, inner, adapter, orig):
         mm = dict(mm)
         if video_out is None:
             prev = st.pending
-            st.pending = {"input_ids": ids, "attention_mask": mask, "question": question}
+            st.pending = {"input_ids": ids, "attention_mask": mask, "question": question,
+                          "cache": prev.get("cache") if prev is not None else None}
             try:
                 video_out = inner.get_video_features(**adapter.video_kwargs(a), return_dict=True)
             finally:

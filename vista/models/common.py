@@ -23,6 +23,9 @@ Flow of one prefill with a video:
    stream that waits (event) for the frames only, so both run concurrently (inline on CPU); the
    scout's pending result rides on the features output. Ragged LLaVA batches (a list of videos)
    are encoded video by video here.
+   With ``generate(..., vista_cache=handle)`` (a ``vista.cache.VideoCacheHandle``; what
+   ``VistaPipeline.ask`` passes), cached video features replace the vision tower and cached scout
+   ViT embeddings leave only the scout's Q-Former to run (freshly computed ones are stored).
 2b. ``_expand_multimodal_outputs`` wrapper (outer model, ``num_beams`` / ``num_return_sequences``):
    repeats each sample's (unpruned) videos by the pruned placeholder counts.
 3. ``forward`` wrapper (inner model): finds each video's placeholder span, builds the question
@@ -557,8 +560,46 @@ def record_ready(device):
     return ev
 
 
-def launch_scout(state: VistaState, items_frames: List[tuple], device, ready=None) -> dict:
-    """Run the scout for every (video index, frames, question, dst_hw, temporal_pairs, T).
+def _run_scout(scout, frames, question, emb, store, cache, clock):
+    """Scores of one video. With a cache handle (``cache``) and a scout that splits into
+    ``vision_embeddings`` + ``scores_from_embeddings``: the ViT runs only when ``emb`` (cached
+    embeddings) is None, its output goes to ``store``; each half is timed into the handle."""
+    if emb is None and store is None:  # no cache: the scout's own one-pass scores
+        return scout.scores(frames, question)
+    if emb is None:
+        t0 = clock.mark()
+        emb = scout.vision_embeddings(frames)
+        cache.add_time("scout_vit_s", clock.since(t0))
+        store(emb)
+    t0 = clock.mark()
+    s = scout.scores_from_embeddings(emb, question)
+    cache.add_time("scout_qformer_s", clock.since(t0))
+    return s
+
+
+class PhaseClock:
+    """Phase timer without host syncs: perf_counter on CPU; CUDA events recorded on the current
+    stream on GPUs (``since`` returns seconds, or a (start, end) event pair resolved later)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+
+    def mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def since(self, start):
+        return (start, self.mark()) if self.cuda else time.perf_counter() - start
+
+
+def launch_scout(state: VistaState, items_frames: List[tuple], device, ready=None, cache=None) -> dict:
+    """Run the scout for every (video index, frames, question, dst_hw, temporal_pairs, T[, emb,
+    store]) -- ``emb``: cached ViT embeddings of the video (then ``frames`` may be None), ``store``:
+    callable that keeps freshly computed embeddings (see ``vista.cache.VideoCacheHandle``, passed as
+    ``cache``, which also collects the scout's phase times).
 
     On CUDA the work goes to a side stream that first waits for ``ready`` (an event recorded on the
     main stream once the frames exist, before the vision tower was launched), so scout and vision
@@ -578,18 +619,23 @@ def launch_scout(state: VistaState, items_frames: List[tuple], device, ready=Non
             if ready is not None:
                 side.wait_event(ready)
             t0.record(side)
-            for idx, frames, q, hw, pairs, T in items_frames:
-                if frames.is_cuda:
-                    frames.record_stream(side)  # made on the main stream, read on the side one
-                handle["raw"][idx] = (scout.scores(frames, q), hw, pairs, T)
+            clock = PhaseClock(True)
+            for idx, frames, q, hw, pairs, T, *rest in items_frames:
+                emb, store = rest if rest else (None, None)
+                for t in (frames, emb):
+                    if t is not None and t.is_cuda:
+                        t.record_stream(side)  # made on the main stream, read on the side one
+                handle["raw"][idx] = (_run_scout(scout, frames, q, emb, store, cache, clock), hw, pairs, T)
             t1.record(side)
         done = torch.cuda.Event()
         done.record(side)
         handle.update(event=done, t0=t0, t1=t1, stream=side)
     else:
         t = time.perf_counter()
-        for idx, frames, q, hw, pairs, T in items_frames:
-            handle["raw"][idx] = (scout.scores(frames, q), hw, pairs, T)
+        clock = PhaseClock(False)
+        for idx, frames, q, hw, pairs, T, *rest in items_frames:
+            emb, store = rest if rest else (None, None)
+            handle["raw"][idx] = (_run_scout(scout, frames, q, emb, store, cache, clock), hw, pairs, T)
         handle["seconds"] = time.perf_counter() - t
     return handle
 

@@ -16,6 +16,7 @@ tensors, and the patched model encodes them video by video (at any retention, 1.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import List
 
@@ -88,6 +89,25 @@ class LlavaOnevisionAdapter(AdapterBase):
             it.extra["newline"] = b[T * N :]
             items.append(it)
         return items
+
+    # --- per-video feature cache (vista.cache) ---------------------------------------------------
+    @staticmethod
+    def feature_variant(args: dict) -> str:
+        """The call arguments besides the pixels that shape the features (part of the cache key)."""
+        return json.dumps({"layer": args.get("vision_feature_layer"),
+                           "strategy": args.get("vision_feature_select_strategy")}, default=str)
+
+    @staticmethod
+    def feature_blocks(video_out) -> List[torch.Tensor]:
+        """Per-video feature blocks of a stacked batch: (T*N + 1, D) each (newline row last)."""
+        return list(video_out.pooler_output)
+
+    @staticmethod
+    def features_output(blocks):
+        """A get_video_features output made of cached blocks (no vision tower ran)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(list(blocks)))
 
     @staticmethod
     def assemble(video_out, items, pruned, config):

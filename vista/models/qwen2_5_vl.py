@@ -106,6 +106,26 @@ class Qwen2_5_VLAdapter(AdapterBase):
             items.append(VideoItem(index=k, grid=g, x=f.reshape(T, h * w, f.shape[-1])))
         return items
 
+    # --- per-video feature cache (vista.cache) ---------------------------------------------------
+    @staticmethod
+    def feature_variant(args: dict) -> str:
+        """The call arguments besides the pixels that shape the features (part of the cache key)."""
+        thw = args.get("video_grid_thw")
+        return "" if thw is None else str([int(v) for v in thw.reshape(-1).tolist()])
+
+    @staticmethod
+    def feature_blocks(video_out) -> List[torch.Tensor]:
+        """Per-video feature blocks: (t*h*w, D) each."""
+        po = video_out.pooler_output
+        return [po] if isinstance(po, torch.Tensor) else list(po)
+
+    @staticmethod
+    def features_output(blocks):
+        """A get_video_features output made of cached blocks (no vision tower ran)."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=tuple(blocks))
+
     @staticmethod
     def assemble(video_out, items, pruned, config):
         new = type(video_out)(**dict(video_out.items()))

@@ -641,7 +641,8 @@ class SemanticScout:
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     # --- core --------------------------------------------------------------------------------
-    def cross_attention(self, pixel_values, input_ids, attention_mask=None, full_forward: bool = False):
+    def cross_attention(self, pixel_values, input_ids, attention_mask=None, full_forward: bool = False,
+                        image_embeds=None):
         """Cross-attention probabilities of the query tokens to the image patches at the scored layer.
 
         Differentiable (no ``no_grad`` inside), for fine-tuning; :meth:`scores` wraps it in
@@ -653,6 +654,8 @@ class SemanticScout:
             attention_mask: (B, L) 1 for real tokens, 0 for padding; None = all ones.
             full_forward: run the whole Q-Former and return its output too (else it stops right
                 after the scored layer).
+            image_embeds: (B, 1 + P, Dv) ViT outputs (:meth:`vision_embeddings`) used instead of
+                running the ViT on ``pixel_values`` (which may then be None).
 
         Returns:
             attn: (B, heads, num_query_tokens, P) float32, rows sum to 1 over the P+1 keys (the ViT's
@@ -660,15 +663,17 @@ class SemanticScout:
             (B, num_query_tokens + L, hidden) as the ITM head reads it.
         """
         m = self.model
-        if pixel_values.dim() != 4:
+        src = pixel_values if image_embeds is None else image_embeds
+        if image_embeds is None and pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
-        if input_ids.dim() != 2 or input_ids.shape[0] != pixel_values.shape[0]:
+        if input_ids.dim() != 2 or input_ids.shape[0] != src.shape[0]:
             raise ValueError(
-                f"input_ids must be (B, L) with B = {pixel_values.shape[0]} rows, got shape {tuple(input_ids.shape)}"
+                f"input_ids must be (B, L) with B = {src.shape[0]} rows, got shape {tuple(input_ids.shape)}"
             )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image_embeds = m.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, 1+P, Dv)
+        if image_embeds is None:
+            image_embeds = m.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, 1+P, Dv)
         return self._scored_attention(image_embeds, input_ids, attention_mask, full_forward=full_forward)
 
     def _scored_attention(self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -761,6 +766,62 @@ class SemanticScout:
                 out.append(vk.scout_score_reduce(attn, backend="auto"))
             flat_scores = torch.cat(out, 0)
         return [r.clone() for r in flat_scores.split(lengths, 0)]
+
+    # --- question-independent half (per-video feature cache, vista.cache) ----------------------
+    def vision_embeddings(self, frames, chunk_size: int = 16) -> torch.Tensor:
+        """The ViT's patch embeddings of one video's frames: the question-independent half of
+        :meth:`scores`, worth caching when several questions are asked about one video.
+
+        Args:
+            frames: as for :meth:`scores`.
+            chunk_size: frames per ViT pass (the same chunks as :meth:`scores`, so that
+                ``scores_from_embeddings(vision_embeddings(f), q)`` equals ``scores(f, q)``).
+
+        Returns:
+            (T, 1 + P, Dv) tensor in the vision tower's dtype on the scout's device (row 0 of
+            each frame is the ViT's CLS token).
+        """
+        chunk_size = _check_chunk(chunk_size)
+        x = frames_to_tensor(frames)
+        with torch.inference_mode():
+            out = [self.model.vision_model(pixel_values=self._pixel_values(x[s : s + chunk_size])).last_hidden_state
+                   for s in range(0, x.shape[0], chunk_size)]
+            emb = torch.cat(out, 0)
+        return emb.clone()
+
+    def scores_from_embeddings(self, image_embeds: torch.Tensor, question: str, chunk_size: int = 16) -> torch.Tensor:
+        """:meth:`scores` from cached ViT embeddings: runs only the Q-Former with ``question``.
+
+        Args:
+            image_embeds: (T, 1 + P, Dv) from :meth:`vision_embeddings` (any device; moved to the
+                scout's).
+            question: the question (non-empty).
+            chunk_size: frames per Q-Former pass.
+
+        Returns:
+            (T, P) float32 on the scout's device, equal to ``scores(frames, question)``.
+        """
+        question = _check_question(question)
+        chunk_size = _check_chunk(chunk_size)
+        if not isinstance(image_embeds, torch.Tensor) or image_embeds.dim() != 3:
+            raise ValueError("image_embeds must be a (T, 1 + P, Dv) tensor from vision_embeddings(), got "
+                             + (f"shape {tuple(image_embeds.shape)}" if isinstance(image_embeds, torch.Tensor)
+                                else type(image_embeds).__name__))
+        if image_embeds.shape[1] != self.num_patches + 1:
+            raise ValueError(f"image_embeds has {image_embeds.shape[1]} tokens a frame, expected "
+                             f"{self.num_patches + 1} (CLS + {self.grid_hw[0]}x{self.grid_hw[1]} patches)")
+        emb = image_embeds.to(self.device)
+        with torch.inference_mode():
+            ids, am = self.tokenize([question])
+            out = []
+            for s in range(0, emb.shape[0], chunk_size):
+                e = emb[s : s + chunk_size]
+                n = e.shape[0]
+                q = torch.zeros(n, dtype=torch.long, device=self.device)  # as scores() indexes them
+                attn = self.cross_attention(None, ids[q], am[q], image_embeds=e)
+                out.append(vk.scout_score_reduce(attn, backend="auto"))
+            s = torch.cat(out, 0)
+        return s.clone()
 
 
 def _runs(part):
