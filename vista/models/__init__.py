@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 from typing import List, Optional
 
