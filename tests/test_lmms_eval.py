@@ -96,7 +96,9 @@ def _direct_answers(model_dir, docs):
     """Stock transformers (no Vista) on the same frames and prompt: the retention-1.0 reference."""
     from transformers import AutoProcessor
 
-    family = vista.models.family_of(model_dir)
+    from vista.models import family_of
+
+    family = family_of(model_dir)
     if family == "llava_onevision":
         from transformers import LlavaOnevisionForConditionalGeneration as cls
     else:
@@ -251,6 +253,14 @@ def cli_025(llava, task_dir, tmp_path_factory):
     return _run_cli(llava, task_dir, tmp_path_factory.mktemp("cli025"), 0.25)
 
 
+def _resp(sample):
+    """The model's answer in a --log_samples record (a string, or [[str]] in other versions)."""
+    r = sample["filtered_resps"]
+    while isinstance(r, list):
+        r = r[0]
+    return r
+
+
 def _accuracy(results):
     return results["results"][TASK]["accuracy,none"]
 
@@ -260,7 +270,7 @@ def test_cli_retention_1_equals_transformers(llava, task_dir, tmp_path):
     res, samples, stats, log = _run_cli(llava, task_dir, tmp_path, 1.0)
     docs = _docs(task_dir)
     direct = _direct_answers(llava, docs)
-    assert [samples[i]["resps"][0][0] for i in range(len(docs))] == direct
+    assert [_resp(samples[i]) for i in range(len(docs))] == direct
     expect = sum(T.process_results(d, [a])["accuracy"] for d, a in zip(docs, direct)) / len(docs)
     assert _accuracy(res) == pytest.approx(expect)
     assert all(s["tokens_before"] == s["tokens_after"] == s["frames"][0] * 196 + 1 for s in stats)
@@ -276,7 +286,7 @@ def test_cli_retention_025_logs_pruning_per_sample(cli_025, task_dir):
     for s in stats:
         assert s["tokens_after"] == vista.retained_count(s["frames"][0], 196, 0.25) + 1
         assert s["tokens_before"] == s["frames"][0] * 196 + 1 and s["prune_s"] > 0
-    scored = [T.process_results(docs[i], [samples[i]["resps"][0][0]])["accuracy"] for i in range(len(docs))]
+    scored = [T.process_results(docs[i], [_resp(samples[i])])["accuracy"] for i in range(len(docs))]
     assert _accuracy(res) == pytest.approx(sum(scored) / len(docs))
     assert res["config"]["model"] == "vista"
     print(f"\n[retention 0.25] accuracy {_accuracy(res):.3f}")
@@ -298,6 +308,6 @@ def test_cli_two_processes_equal_one(cli_025, llava, task_dir, tmp_path):
     # the merged results equal the single-process run
     assert sorted(samples2) == sorted(samples1)
     for i in samples1:
-        assert samples2[i]["resps"] == samples1[i]["resps"]
+        assert _resp(samples2[i]) == _resp(samples1[i])
         assert samples2[i]["accuracy"] == samples1[i]["accuracy"]
     assert _accuracy(res2) == _accuracy(res1)
