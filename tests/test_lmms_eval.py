@@ -188,6 +188,8 @@ def test_unsupported_requests_and_bad_arguments(llava, monkeypatch, tmp_path):
         lm.loglikelihood([req])
     with pytest.raises(NotImplementedError, match="multi-round"):
         lm.generate_until_multi_round([req])
+    lm.clean()  # lmms-eval frees the model once every request ran
+    assert lm.pipe is None and "_model" not in vars(lm)
     with pytest.raises(TypeError, match="unknown model_args.*retension"):
         VistaLMMS(pretrained=llava, retension=0.5)
     with pytest.raises(ValueError, match="pretrained"):
@@ -253,6 +255,11 @@ def cli_025(llava, task_dir, tmp_path_factory):
     return _run_cli(llava, task_dir, tmp_path_factory.mktemp("cli025"), 0.25)
 
 
+def _table(log):
+    """lmms-eval's printed results table."""
+    return "\n".join(line for line in log.splitlines() if line.startswith("|"))
+
+
 def _resp(sample):
     """The model's answer in a --log_samples record (a string, or [[str]] in other versions)."""
     r = sample["filtered_resps"]
@@ -274,7 +281,7 @@ def test_cli_retention_1_equals_transformers(llava, task_dir, tmp_path):
     expect = sum(T.process_results(d, [a])["accuracy"] for d, a in zip(docs, direct)) / len(docs)
     assert _accuracy(res) == pytest.approx(expect)
     assert all(s["tokens_before"] == s["tokens_after"] == s["frames"][0] * 196 + 1 for s in stats)
-    print(f"\n[retention 1.0] accuracy {_accuracy(res):.3f}; answers {direct}")
+    print(f"\n[retention 1.0, 1 process] answers {direct}\n{_table(log)}")
 
 
 @pytest.mark.slow
@@ -289,7 +296,7 @@ def test_cli_retention_025_logs_pruning_per_sample(cli_025, task_dir):
     scored = [T.process_results(docs[i], [_resp(samples[i])])["accuracy"] for i in range(len(docs))]
     assert _accuracy(res) == pytest.approx(sum(scored) / len(docs))
     assert res["config"]["model"] == "vista"
-    print(f"\n[retention 0.25] accuracy {_accuracy(res):.3f}")
+    print(f"\n[retention 0.25, 1 process]\n{_table(log)}")
 
 
 @pytest.mark.slow
@@ -311,3 +318,4 @@ def test_cli_two_processes_equal_one(cli_025, llava, task_dir, tmp_path):
         assert _resp(samples2[i]) == _resp(samples1[i])
         assert samples2[i]["accuracy"] == samples1[i]["accuracy"]
     assert _accuracy(res2) == _accuracy(res1)
+    print(f"\n[retention 0.25, 2 processes] shards {sorted(a)} + {sorted(b)}\n{_table(log)}")

@@ -207,6 +207,11 @@ class VistaLMMS(lmms):
     def world_size(self):
         return self._world_size
 
+    def clean(self):
+        """Free the model (lmms-eval calls this once all requests ran, e.g. before an LLM judge)."""
+        self.pipe = None
+        super().clean()
+
     # ------------------------------------------------------------------------------ unsupported
     def loglikelihood(self, requests: List[Instance]) -> List[Tuple[float, bool]]:
         tasks = sorted({getattr(r, "task_name", None) or "?" for r in requests}) if requests else []
