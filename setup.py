@@ -1,5 +1,8 @@
 from setuptools import find_packages, setup
 
+# PyAV: tested with 15.1 (what lmms-eval 0.7.3 resolves: it pins av<16) and 18.1.
+AV = "av>=15,<19"
+
 setup(
     name="vista-llm",
     version="0.1.0",
@@ -18,18 +21,23 @@ setup(
         "transformers>=5.0,<6",
         "numpy",
         "tqdm",
-        "av",
+        AV,
         "pillow",
         "matplotlib",
     ],
     extras_require={
         "test": [
-            "pytest>=8", "pytest-benchmark", "hypothesis", "numpy", "scipy", "av", "pillow", "matplotlib",
+            "pytest>=8", "pytest-benchmark", "hypothesis", "numpy", "scipy", AV, "pillow", "matplotlib",
             "pyarrow",
         ],
-        "eval": ["pyarrow", "av", "pillow"],
-        "video": ["av", "pillow", "matplotlib"],
+        "eval": ["pyarrow", AV, "pillow"],
+        "video": [AV, "pillow", "matplotlib"],
+        # lmms-eval 0.7.3 imports filelock._api, which filelock 4 removed
+        "lmms": ["lmms-eval>=0.7.3,<0.8", "filelock<4"],
         "flash": ["flash-attn"],
     },
-    entry_points={"console_scripts": ["vista=vista.cli:main"]},
+    entry_points={
+        "console_scripts": ["vista=vista.cli:main"],
+        "lmms_eval.models": ["vista = vista.integrations:lmms_eval_manifests"],
+    },
 )

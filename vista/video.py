@@ -647,7 +647,12 @@ def write_video(path, frames, fps: float = 8.0, codec: str = "mpeg4", *, pts: Op
                 raise VideoError(f"pts must have one entry per frame ({T}), got {len(pts)}")
             stream.codec_context.time_base = time_base or Fraction(1, 1000)
             stream.time_base = time_base or Fraction(1, 1000)
-        if rotation:
+        # PyAV >= 16 writes the display matrix itself; older PyAV (15.x, which lmms-eval pins)
+        # has no writer API for it, so the matrix is written into the MP4/MOV track header after muxing
+        patch_rotation = bool(rotation) and not hasattr(stream, "set_display_rotation")
+        if patch_rotation and not path.lower().endswith((".mp4", ".mov", ".m4v")):
+            raise VideoError(f"rotation on PyAV {av.__version__} can only be stored in an .mp4/.mov file, got {path}")
+        if rotation and not patch_rotation:
             stream.set_display_rotation(rotation)
         for t in range(T):
             f = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[t]), format="rgb24")
@@ -658,7 +663,71 @@ def write_video(path, frames, fps: float = 8.0, codec: str = "mpeg4", *, pts: Op
                 container.mux(pkt)
         for pkt in stream.encode():
             container.mux(pkt)
+    if patch_rotation:
+        _set_mp4_rotation(path, rotation)
     return path
+
+
+def _mp4_boxes(buf: bytes, start: int, end: int):
+    """(type, content_start, box_end) of the ISO-BMFF boxes in ``buf[start:end]``."""
+    i = start
+    while i + 8 <= end:
+        size, kind = int.from_bytes(buf[i:i + 4], "big"), bytes(buf[i + 4:i + 8])
+        head = 8
+        if size == 1:  # 64-bit size
+            size, head = int.from_bytes(buf[i + 8:i + 16], "big"), 16
+        elif size == 0:  # to the end of the file
+            size = end - i
+        if size < head or i + size > end:
+            raise VideoError("malformed MP4 box structure")
+        yield kind, i + head, i + size
+        i += size
+
+
+def _set_mp4_rotation(path: str, rotation: float) -> None:
+    """Store a counter-clockwise display ``rotation`` (degrees) in the video track header (tkhd)
+    of an MP4/MOV file, as FFmpeg's muxer does: matrix (a, b, u, c, d, v, x, y, w) with
+    a = d = cos, b = -sin, c = sin in 16.16 fixed point and w = 1 in 2.30. The file is rewritten
+    atomically."""
+    with open(path, "rb") as f:
+        buf = bytearray(f.read())
+    th = math.radians(rotation)
+    fix = lambda v: int(round(v * 65536))  # noqa: E731
+    c, s = math.cos(th), math.sin(th)
+    matrix = [fix(c), fix(-s), 0, fix(s), fix(c), 0, 0, 0, 1 << 30]
+    done = False
+    for kind, a, b in _mp4_boxes(buf, 0, len(buf)):
+        if kind != b"moov":
+            continue
+        for tkind, ta, tb in _mp4_boxes(buf, a, b):
+            if tkind != b"trak":
+                continue
+            boxes = {k: (x, y) for k, x, y in _mp4_boxes(buf, ta, tb)}
+            if b"tkhd" not in boxes or not _is_video_trak(buf, boxes):
+                continue
+            x, _ = boxes[b"tkhd"]
+            off = x + (52 if buf[x] == 1 else 40)  # version 1 has 64-bit times and duration
+            buf[off:off + 36] = b"".join(int(v).to_bytes(4, "big", signed=True) for v in matrix)
+            done = True
+    if not done:
+        raise VideoError(f"{path}: no video track header to store the rotation in")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _is_video_trak(buf, boxes) -> bool:
+    """True when the trak's mdia/hdlr handler type is 'vide'."""
+    if b"mdia" not in boxes:
+        return False
+    a, b = boxes[b"mdia"]
+    for kind, x, y in _mp4_boxes(buf, a, b):
+        if kind == b"hdlr":
+            return bytes(buf[x + 8:x + 12]) == b"vide"  # version/flags, pre_defined, handler_type
+    return False
 
 
 __all__ = [
