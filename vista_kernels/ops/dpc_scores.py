@@ -188,6 +188,8 @@ def dpc_config(N: int, k: int) -> dict:
     block_m = max(16, min(32, next_pow2(N)))
     if K >= 16 and N <= 32:  # AOT-checked: a (32 x 16) running top-k spilled 8 bytes on sm_90
         block_m = 16
+    if K <= 2 and N > FUSED_MAX_N:  # AOT-checked: 32 x 64 tiles spilled 8 bytes on sm_90 (triton 3.6)
+        block_n = 32
     # AOT-checked: 8 warps for the 32 < N <= 256 (fused) launches; 8 warps spilled 8-16 bytes on
     # sm_90 for N <= 32 (fused and rho row-grid) and for N > 256 (rho phase); 4 warps does not
     warps = 8 if 32 < N <= FUSED_MAX_N else 4
