@@ -22,11 +22,9 @@ does not work there. Results go to bench/results/kernels_<device>.json (or ``--j
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -36,22 +34,7 @@ import torch  # noqa: E402
 import kernel_cases as kc  # noqa: E402
 
 
-def _write_json(path: str, obj) -> None:
-    """Atomic write: temp file in the same folder, fsync, rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+_write_json = kc.write_json
 
 
 def _row(op, D, impl, mode, us, base_us, inp, peak, **extra):

@@ -26,12 +26,10 @@ Medians over ``--repeats`` after one warm-up per retention.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -48,15 +46,9 @@ QUESTION = "what is the man holding in his left hand ?"
 
 
 def _write_json(path, obj):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from kernel_cases import write_json
+
+    write_json(path, obj)
 
 
 def build_llm(shape: dict, device, dtype):

@@ -38,7 +38,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 
@@ -62,15 +61,9 @@ def update_json(path, key, value):
         except (OSError, ValueError):
             data = {}
     data[key] = value
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from kernel_cases import write_json
+
+    write_json(path, data)
 
 
 class Report:

@@ -278,3 +278,25 @@ def outputs_equal(a, b) -> bool:
     if hasattr(a, "tokens") and hasattr(a, "keep"):
         return all(outputs_equal(getattr(a, n), getattr(b, n)) for n in ("tokens", "keep", "assign", "budgets"))
     return a == b
+
+
+def write_json(path: str, obj) -> None:
+    """Atomic JSON write for every bench script: temp file in the same folder, fsync, rename
+    (a kill leaves the previous file or none, never a torn one)."""
+    import json
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
