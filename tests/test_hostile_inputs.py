@@ -55,3 +55,106 @@ def test_invalid_weights_host_raises_device_keeps_contract(alpha):
     pad = torch.zeros(6, dtype=torch.float64)
     pad[:3] = torch.tensor(alpha)
     _contract(allocate_budgets_device(seg, pad, 6, 10, 40, 0.1), 40, 10)
+
+
+# ------------------------------------------------------------------ vista_kernels.prune_frames
+import vista_kernels as vk  # noqa: E402
+
+BACKENDS = ["torch", "triton"]
+
+
+def _frames(F=3, N=10, D=8, seed=0):
+    return torch.randn(F, N, D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("budgets, k_foveal, num_kept, valid_from, match", [
+    ([3, 2, 4], None, 5, None, "sum to num_kept"),  # before: IndexError (torch), heap corruption (triton)
+    ([3, 2, 4], None, 20, None, "sum to num_kept"),  # before: 11 garbage rows
+    ([11, 2, 4], None, 17, None, "budgets must satisfy"),  # > N: before silently accepted
+    ([-1, 2, 4], None, 5, None, "budgets must satisfy"),
+    ([0, 2, 4], None, 6, None, "budgets must satisfy"),  # a frame with valid tokens but no anchor
+    ([3, 2, 4], None, 9, 8, "budgets must satisfy"),  # more than the frame's 2 valid tokens
+    ([3, 2, 4], [5, 0, 0], 9, None, "k_foveal must satisfy"),  # before: IndexError inside the op
+    ([3, 2, 4], [-1, 0, 0], 9, None, "k_foveal must satisfy"),
+])
+def test_count_values_are_checked_with_the_finite_scan(backend, budgets, k_foveal, num_kept, valid_from, match):
+    x = _frames()
+    valid = None
+    if valid_from is not None:
+        valid = torch.ones(3, 10, dtype=torch.bool)
+        valid[:, :valid_from] = False
+    kf = None if k_foveal is None else torch.tensor(k_foveal)
+    s = None if k_foveal is None else torch.rand(3, 10)
+    with pytest.raises(ValueError, match=match):
+        vk.prune_frames(x, torch.tensor(budgets), kf, s, valid, num_kept=num_kept, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_broken_counts_without_the_scan_never_write_out_of_bounds(backend):
+    # check_finite=False trusts the counts (documented precondition); a violation may give undefined
+    # rows but must not write past the (num_kept, D) output (triton) or raise IndexError (torch)
+    x = _frames()
+    for budgets, kf, M in (([3, 2, 4], None, 5), ([10, 10, 10], None, 4), ([3, 2, 4], [8, 0, 0], 9)):
+        k_f = None if kf is None else torch.tensor(kf)
+        s = None if kf is None else torch.rand(3, 10)
+        out = vk.prune_frames(x, torch.tensor(budgets), k_f, s, num_kept=M, backend=backend, check_finite=False)
+        assert out.tokens.shape == (M, 8)
+        good = vk.prune_frames(x, torch.tensor([3, 2, 4]), num_kept=9, backend=backend, check_finite=False)
+        ref = vk.prune_frames(x, torch.tensor([3, 2, 4]), num_kept=9, backend="torch")
+        assert torch.equal(good.keep, ref.keep)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gram_argument_is_checked(backend):
+    x = _frames()
+    b = torch.tensor([3, 2, 4])
+    with pytest.raises(TypeError, match="gram"):
+        vk.prune_frames(x, b, num_kept=9, gram=[1.0], backend=backend)
+    if backend == "triton":
+        with pytest.raises(ValueError, match="gram"):
+            vk.prune_frames(x, b, num_kept=9, gram=torch.zeros(3, 10, 10, dtype=torch.float16), backend=backend)
+        # an expanded (zero-stride) Gram tensor: the kernels index it as contiguous (F, N, N)
+        g = vk.frame_stats(x[:1].expand(3, 10, 8), backend="triton", keep_gram=True)[2][:1].expand(3, 10, 10)
+        out = vk.prune_frames(x[:1].expand(3, 10, 8), b, num_kept=9, gram=g, backend=backend)
+        ref = vk.prune_frames(x[:1].expand(3, 10, 8), b, num_kept=9, backend="torch")
+        assert torch.equal(out.keep, ref.keep) and torch.equal(out.assign, ref.assign)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frame_stats_of_no_frames_and_bad_keep_gram(backend):
+    means, cos, gram = vk.frame_stats(torch.zeros(0, 5, 4), backend=backend)  # before: torch.cat error (torch)
+    assert means.shape == (0, 4) and cos.shape == (0,)
+    with pytest.raises(TypeError, match="keep_gram"):
+        vk.frame_stats(_frames(), backend=backend, keep_gram="no")
+
+
+# ------------------------------------------------------------------------- the sync counter
+def test_sync_counter_sees_the_less_obvious_syncs():
+    import numpy as np
+
+    from vista_kernels.testing import count_host_syncs
+
+    t = torch.arange(6.0)
+    m = t > 2
+    cases = {"in": lambda: 3.0 in t, "numpy.asarray": lambda: np.asarray(t), "complex": lambda: complex(t[0]),
+             "tensor of tensors": lambda: torch.tensor([t[0], t[1]]),
+             "repeat_interleave(repeats)": lambda: torch.repeat_interleave(m.long()),
+             "index_put_ bool": lambda: t.clone().index_put_((m,), torch.tensor(0.0))}
+    for name, fn in cases.items():
+        with count_host_syncs() as c:
+            fn()
+        assert c.count >= 1, name
+    for wait in ("synchronize",):  # explicit waits are no torch functions: wrapped while counting
+        with count_host_syncs() as c:
+            try:
+                getattr(torch.cuda, wait)()
+            except (RuntimeError, AssertionError):  # no CUDA here: the call is still recorded
+                pass
+        assert c.count == 1, c.calls
+    with count_host_syncs() as c:  # still static: no false positives
+        torch.tensor([1.0, 2.0])
+        torch.repeat_interleave(t, 2)
+        t.clone().index_put_((torch.tensor([0, 1]),), torch.tensor(0.0))
+    assert c.count == 0, c.calls
+    assert torch.cuda.synchronize.__name__ == "synchronize"  # unwrapped again
