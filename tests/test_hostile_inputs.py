@@ -158,3 +158,27 @@ def test_sync_counter_sees_the_less_obvious_syncs():
         t.clone().index_put_((torch.tensor([0, 1]),), torch.tensor(0.0))
     assert c.count == 0, c.calls
     assert torch.cuda.synchronize.__name__ == "synchronize"  # unwrapped again
+
+
+# ---------------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_prune_video_equals_single_threaded(backend):
+    # before (triton under the interpreter): InterpreterError('x >= grid_dim[0]') - the interpreter's
+    # grid lives in module globals and two threads interleaved their programs
+    from concurrent.futures import ThreadPoolExecutor
+
+    import vista
+
+    g = torch.Generator().manual_seed(1)
+    vids = []
+    for i in range(4):
+        dt = torch.bfloat16 if i % 2 else torch.float32
+        x = torch.randn(2, 9 + 4 * i, 8, generator=g).to(dt)
+        vids.append((x, torch.randn(8, generator=g).to(dt), torch.rand(2, 9 + 4 * i, generator=g) if i % 3 else None))
+    cfg = vista.VistaConfig(retention=0.3, backend=backend)
+    ref = [vista.prune_video(x, q, s, cfg) for x, q, s in vids]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda i: vista.prune_video(*vids[i % 4], cfg, check_finite=bool(i % 2)), range(12)))
+    for i, o in enumerate(outs):
+        r = ref[i % 4]
+        assert torch.equal(o.keep, r.keep) and torch.equal(o.assign, r.assign) and torch.equal(o.tokens, r.tokens)
