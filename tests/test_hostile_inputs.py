@@ -182,3 +182,24 @@ def test_concurrent_prune_video_equals_single_threaded(backend):
     for i, o in enumerate(outs):
         r = ref[i % 4]
         assert torch.equal(o.keep, r.keep) and torch.equal(o.assign, r.assign) and torch.equal(o.tokens, r.tokens)
+
+
+# ---------------------------------------------------------------------------- torch.compile
+@pytest.mark.slow
+def test_prune_video_compiles_with_dynamic_shapes():
+    # before: dynamic=True made config floats symbolic and retained_count's math.isfinite check
+    # broke the graph ("torch.* op returned non-Tensor")
+    import vista
+
+    cfg = vista.VistaConfig(retention=0.25, backend="torch")
+
+    def f(x, q, s):
+        o = vista.prune_video(x, q, s, cfg, check_finite=False)
+        return o.tokens, o.frame_index, o.budgets, o.keep, o.assign
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=True)
+    g = torch.Generator().manual_seed(3)
+    for T, N, dt in ((4, 17, torch.float32), (3, 9, torch.float32), (2, 6, torch.bfloat16)):
+        x, q, s = torch.randn(T, N, 8, generator=g).to(dt), torch.randn(8, generator=g).to(dt), torch.rand(T, N, generator=g)
+        for a, b in zip(f(x, q, s), cf(x, q, s)):
+            assert torch.equal(a, b)

@@ -36,7 +36,8 @@ def retained_count(T: int, N: int, retention: float) -> int:
             raise TypeError(f"{name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    retention = check_retention(retention)
+    if not torch.compiler.is_compiling():  # traced (dynamic=True): a symbolic float that
+        retention = check_retention(retention)  # VistaConfig already checked; math.isfinite can't trace it
     return int(min(T * N, max(T, math.floor(retention * T * N + 0.5))))
 
 
