@@ -203,3 +203,23 @@ def test_prune_video_compiles_with_dynamic_shapes():
         x, q, s = torch.randn(T, N, 8, generator=g).to(dt), torch.randn(8, generator=g).to(dt), torch.rand(T, N, generator=g)
         for a, b in zip(f(x, q, s), cf(x, q, s)):
             assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------- duplicates
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicates_are_ordered_by_index_even_when_their_rho_differs_by_an_ulp(backend):
+    # Bit-identical tokens in different row tiles can get rho an ulp apart (their Gram rows come
+    # from different tl.dot tiles / BLAS blocks); seen: bf16 N=70 with row 2 copied to row 64 and 5
+    # padding tokens -> triton kept 64, torch kept 2. Duplicates must be ordered by index alone.
+    from oracle import oracle_dpc_delta
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 70, 16, generator=g)
+    x[:, 64] = x[:, 2]
+    valid = torch.ones(1, 70, dtype=torch.bool)
+    valid[:, 65:] = False
+    rho = vk.knn_density(x, valid=valid, backend="torch")
+    rho[0, 64] = torch.nextafter(rho[0, 2], torch.tensor(2.0))  # the later copy looks an ulp denser
+    delta = vk.dpc_delta(x, rho, valid, backend=backend)
+    assert float(delta[0, 64]) == 0.0 and float(delta[0, 2]) > 0.0
+    torch.testing.assert_close(delta.double(), oracle_dpc_delta(x, rho, valid), rtol=1e-5, atol=1e-6)

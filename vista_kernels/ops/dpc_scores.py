@@ -108,7 +108,9 @@ def _delta_rows(g_f, sq_f, v_f, rsrc_f, delta_f, gamma_f, rb, N, Df,
         vj = (tl.load(v_f + cols, mask=cmask, other=0) != 0) & cmask
         rj = tl.load(rsrc_f + cols, mask=cmask, other=0.0)
         d2 = _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df)
-        higher = (rj[None, :] > ri[:, None]) | ((rj[None, :] == ri[:, None]) & (cols[None, :] < rows[:, None]))
+        lower = cols[None, :] < rows[:, None]
+        higher = (rj[None, :] > ri[:, None]) | ((rj[None, :] == ri[:, None]) & lower)
+        higher = tl.where(d2 == 0.0, lower, higher)  # duplicates: the lower index is denser (reference)
         higher = higher & vj[None, :]
         dmin = tl.minimum(dmin, tl.min(tl.where(higher, d2, float("inf")), axis=1))
         dmax = tl.maximum(dmax, tl.max(tl.where(vj[None, :], d2, float("-inf")), axis=1))
@@ -245,7 +247,7 @@ def dpc_scores_triton(x, valid=None, k: int = 7, *, max_gram_elems: Optional[int
 
 
 def _rho_from_gram(g, sq, valid, D, k):
-    d2 = (sq[:, :, None] + sq[:, None, :]).add_(g, alpha=-2.0).clamp_(min=0.0).div_(D)
+    d2 = _common.sqdist_from_gram(g, sq[:, :, None], sq[:, None, :]).div_(D)  # the duplicate rule too
     from ..reference.dpc import _knn_rho_inplace
     return _knn_rho_inplace(d2, valid, k)
 
