@@ -223,3 +223,26 @@ def test_duplicates_are_ordered_by_index_even_when_their_rho_differs_by_an_ulp(b
     delta = vk.dpc_delta(x, rho, valid, backend=backend)
     assert float(delta[0, 64]) == 0.0 and float(delta[0, 2]) > 0.0
     torch.testing.assert_close(delta.double(), oracle_dpc_delta(x, rho, valid), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- overflow
+@pytest.mark.parametrize("scale", [1e38, 1e-40])
+def test_question_magnitude_does_not_change_the_plan(scale):
+    # before: |q| = 1e38 -> q.norm() = inf -> relevance uniform (or NaN with mixed signs);
+    # subnormal q -> norms clamped -> relevance uniform. The relevance is a cosine: scale-free.
+    import vista
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 12, 16, generator=g)
+    x[1] += 2.0
+    q = torch.randn(16, generator=g)
+    cfg = vista.VistaConfig(retention=0.3, backend="torch")
+    ref = vista.plan_budgets(x, q, config=cfg)
+    qs = q.double() * scale
+    qs[::2] = -qs[::2]
+    qr = q.clone()
+    qr[::2] = -qr[::2]
+    ref = vista.plan_budgets(x, qr, config=cfg)
+    out = vista.plan_budgets(x, qs.float(), config=cfg)
+    torch.testing.assert_close(out.relevance, ref.relevance, rtol=1e-5, atol=1e-6)
+    assert out.budgets.tolist() == ref.budgets.tolist()

@@ -327,7 +327,12 @@ def _plan_from_stats(f, cos, q, T: int, N: int, retention: float, tau: float, mi
     member = (segment_id[None, :] == slots[:, None]).to(torch.float32)  # (T slots, T frames)
     count = member.sum(1)
     proto = (member @ f) / count.clamp(min=1.0)[:, None]
+    # cosine of scaled copies (largest |entry| 1): a finite q or prototype of any magnitude (1e38,
+    # subnormal) gives the same r as a unit-scale one instead of an inf/inf NaN or a clamped 0
+    tiny = torch.finfo(torch.float32).tiny
     qf = q.float()
+    qf = qf / qf.abs().amax().clamp(min=tiny)
+    proto = proto / proto.abs().amax(dim=1, keepdim=True).clamp(min=tiny)
     r = (proto @ qf) / (proto.norm(dim=1) * qf.norm()).clamp(min=1e-12)
     present = count > 0
     alpha = torch.softmax(r.masked_fill(~present, float("-inf")), dim=0)
