@@ -246,3 +246,16 @@ def test_question_magnitude_does_not_change_the_plan(scale):
     out = vista.plan_budgets(x, qs.float(), config=cfg)
     torch.testing.assert_close(out.relevance, ref.relevance, rtol=1e-5, atol=1e-6)
     assert out.budgets.tolist() == ref.budgets.tolist()
+
+
+def test_check_finite_must_be_a_bool():
+    # before: check_finite="no" was truthy and silently scanned
+    import vista
+
+    x, q = _frames(), torch.randn(8)
+    with pytest.raises(TypeError, match="check_finite"):
+        vista.prune_video(x, q, None, vista.VistaConfig(backend="torch"), check_finite="no")
+    with pytest.raises(TypeError, match="check_finite"):
+        vk.prune_frames(x, torch.tensor([3, 2, 4]), num_kept=9, backend="torch", check_finite=0)
+    with pytest.raises(TypeError, match="check_finite"):
+        vk.frame_stats(x, backend="torch", check_finite=None)

@@ -162,11 +162,12 @@ def frame_stats(x, valid=None, backend: str = "auto", *, keep_gram: bool = False
     """
     from .library import call_frame_stats
 
-    x = checks.check_tokens(x, finite=check_finite)
+    x = checks.check_tokens(x, finite=check_finite is True)
     if valid is not None:
         checks.check_mask(valid, x, "valid")
-    if not isinstance(keep_gram, bool):
-        raise TypeError(f"keep_gram must be a bool, got {keep_gram!r}")
+    for name, flag in (("keep_gram", keep_gram), ("check_finite", check_finite)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     return call_frame_stats(x, valid, resolve_backend(backend, x), keep_gram)
 
 
@@ -215,6 +216,8 @@ def prune_frames(
 
     x = checks.check_tokens(x, finite=False)
     F, N, _ = x.shape
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
     budgets = checks.check_counts(budgets, x, "budgets")
     if k_foveal is not None:
         k_foveal = checks.check_counts(k_foveal, x, "k_foveal")
