@@ -259,3 +259,19 @@ def test_check_finite_must_be_a_bool():
         vk.prune_frames(x, torch.tensor([3, 2, 4]), num_kept=9, backend="torch", check_finite=0)
     with pytest.raises(TypeError, match="check_finite"):
         vk.frame_stats(x, backend="torch", check_finite=None)
+
+
+def test_check_finite_rejects_what_it_cannot_scan():
+    # before: a list or float NaN passed silently, complex raised NotImplementedError, a finite
+    # fp64 beyond float32 range raised KeyError('x'), limits=5 raised "int is not iterable"
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        vk.check_finite(x=[float("nan")])
+    with pytest.raises(TypeError, match="x must be a real tensor"):
+        vk.check_finite(x=torch.tensor([complex("nan")]))
+    with pytest.raises(TypeError, match="limits"):
+        vk.check_finite(limits=5, x=torch.ones(2))
+    with pytest.raises(ValueError, match="limits"):
+        vk.check_finite(limits={"x": float("nan")}, x=torch.ones(2))
+    vk.check_finite(x=torch.tensor([1e300], dtype=torch.float64), m=torch.ones(2, dtype=torch.bool), s=None)
+    with pytest.raises(ValueError, match="q contains NaN"):
+        vk.check_finite(x=torch.ones(2), q=torch.tensor([float("nan")], dtype=torch.float64))

@@ -53,18 +53,27 @@ def check_values(named, limits=None, conditions=()) -> None:
     the same single host synchronisation."""
     if _compiling():
         return
+    for k, v in named.items():
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f"{k} must be a torch.Tensor (or None) to be scanned, got {type(v).__name__}")
+        if isinstance(v, torch.Tensor) and v.is_complex():
+            raise TypeError(f"{k} must be a real tensor, got dtype {v.dtype}")
+    limits = {} if limits is None else limits
+    if not isinstance(limits, dict):
+        raise TypeError(f"limits must be a dict of name -> largest |value|, got {type(limits).__name__}")
+    for k, lim in limits.items():
+        if isinstance(lim, bool) or not isinstance(lim, (int, float)) or not lim >= 0:
+            raise ValueError(f"limits[{k!r}] must be a number >= 0, got {lim!r}")
     items = [(k, v) for k, v in named.items() if isinstance(v, torch.Tensor) and v.numel()]
     conditions = list(conditions)
     if not items and not conditions:
         return
-    limits = limits or {}
     flags = [ok.reshape(1) for ok, _ in conditions]
     for name, t in items:
-        lo, hi = torch.aminmax(t.detach())
-        lo, hi = lo.float(), hi.float()
-        ok = torch.isfinite(lo) & torch.isfinite(hi)
+        lo, hi = torch.aminmax(t.detach() if t.dtype != torch.bool else t.detach().to(torch.uint8))
+        ok = torch.isfinite(lo) & torch.isfinite(hi)  # in t's own dtype (a large fp64 is finite)
         if name in limits:
-            ok = ok & (torch.maximum(-lo, hi) <= limits[name])
+            ok = ok & (torch.maximum(-lo.double(), hi.double()) <= limits[name])
         flags.append(ok.reshape(1))
     bad = (~torch.cat(flags)).tolist()  # the one sync
     for b, (_, msg) in zip(bad, conditions):
@@ -73,7 +82,7 @@ def check_values(named, limits=None, conditions=()) -> None:
     bad = bad[len(conditions):]
     for (name, t), b in zip(items, bad):
         if b:
-            lo, hi = torch.aminmax(t.detach())
+            lo, hi = torch.aminmax(t.detach() if t.dtype != torch.bool else t.detach().to(torch.uint8))
             if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
                 raise ValueError(f"{name} contains NaN or inf values")
             raise ValueError(
