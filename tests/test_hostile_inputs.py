@@ -275,3 +275,10 @@ def test_check_finite_rejects_what_it_cannot_scan():
     vk.check_finite(x=torch.tensor([1e300], dtype=torch.float64), m=torch.ones(2, dtype=torch.bool), s=None)
     with pytest.raises(ValueError, match="q contains NaN"):
         vk.check_finite(x=torch.ones(2), q=torch.tensor([float("nan")], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alloc", [allocate_budgets, allocate_budgets_device])
+def test_allocators_reject_zero_frames(alloc):
+    # before: ZeroDivisionError from total // T
+    with pytest.raises(ValueError, match="T must be"):
+        alloc(torch.zeros(0, dtype=torch.int64), torch.zeros(0), 0, 5, 0, 0.1)
