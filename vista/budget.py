@@ -61,7 +61,7 @@ def _b_min(N: int, T: int, total: int, min_frame_ratio: float) -> int:
 
 def _check_total(T: int, N: int, total: int) -> None:
     for name, v in (("T", T), ("N", N)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not (T <= total <= T * N):
         raise ValueError(f"total budget must be in [T, T*N] = [{T}, {T * N}], got {total}")
