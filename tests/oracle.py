@@ -149,7 +149,8 @@ def oracle_dpc_delta(x: torch.Tensor, rho: torch.Tensor, valid: Optional[torch.T
                     continue
                 d = 0.0 if j == i else dist(fr[i], fr[j])
                 far = max(far, d)
-                denser = rf[j] > rf[i] or (rf[j] == rf[i] and j < i)
+                # duplicates (d == 0 by the rule) are ordered by index alone
+                denser = (j < i) if d == 0.0 else (rf[j] > rf[i] or (rf[j] == rf[i] and j < i))
                 if denser and d < best:
                     best = d
             out[f, i] = best if best < math.inf else far

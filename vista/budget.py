@@ -36,7 +36,8 @@ def retained_count(T: int, N: int, retention: float) -> int:
             raise TypeError(f"{name} must be an int, got {v!r}")
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
-    retention = check_retention(retention)
+    if not torch.compiler.is_compiling():  # traced (dynamic=True): a symbolic float that
+        retention = check_retention(retention)  # VistaConfig already checked; math.isfinite can't trace it
     return int(min(T * N, max(T, math.floor(retention * T * N + 0.5))))
 
 
@@ -59,6 +60,9 @@ def _b_min(N: int, T: int, total: int, min_frame_ratio: float) -> int:
 
 
 def _check_total(T: int, N: int, total: int) -> None:
+    for name, v in (("T", T), ("N", N)):
+        if isinstance(v, bool) or not isinstance(v, (int, torch.SymInt)) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if not (T <= total <= T * N):
         raise ValueError(f"total budget must be in [T, T*N] = [{T}, {T * N}], got {total}")
 
@@ -90,8 +94,22 @@ def _final_shares(w: torch.Tensor, capped: torch.Tensor, b_min: int, N: int, tot
     w_sum = w_open.sum()
     w_eff = torch.where(w_sum > 0, w_open, (~capped).to(w.dtype))
     remaining = (total - T * b_min) - n_capped.to(w.dtype) * (N - b_min)
-    c = remaining / w_eff.sum()
-    return torch.where(capped, torch.full_like(w, float(N)), torch.clamp(b_min + w_eff * c, max=float(N)))
+    # remaining * (w / sum w): the weight ratio is <= 1, so tiny (even subnormal) weights cannot
+    # overflow the way remaining / sum(w) would
+    share = remaining * (w_eff / w_eff.sum())
+    return torch.where(capped, torch.full_like(w, float(N)), torch.clamp(b_min + share, max=float(N)))
+
+
+def _frame_weights(a: torch.Tensor, segment_id: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Per-frame bonus weights alpha_m / |S_m|, normalised to sum to 1 over the frames (so alpha
+    need not sum to 1 exactly); NaN, inf and negative weights count as 0, all-zero weights give
+    every frame the same weight. Static shapes, shared by both allocators."""
+    T = segment_id.shape[0]
+    w = a[segment_id] / sizes[segment_id]
+    w = torch.where(torch.isfinite(w) & (w > 0), w, torch.zeros_like(w))
+    w = w / w.max().clamp(min=torch.finfo(w.dtype).tiny)  # in [0, 1]: the sum below cannot overflow
+    s = w.sum()
+    return torch.where(s > 0, w / s.clamp(min=torch.finfo(w.dtype).tiny), torch.full_like(w, 1.0 / T))
 
 
 def allocate_budgets(
@@ -115,8 +133,11 @@ def allocate_budgets(
     b_min = _b_min(N, T, total, min_frame_ratio)
     seg = segment_id.cpu()
     a = alpha.detach().double().cpu()
+    used = a[: int(seg.max()) + 1]
+    if not bool(torch.isfinite(used).all()) or bool((used < 0).any()):
+        raise ValueError(f"alpha must hold finite weights >= 0 (one per segment), got {used.tolist()}")
     sizes = torch.bincount(seg, minlength=a.shape[0]).double()
-    w = a[seg] / sizes[seg]  # per-frame bonus weight
+    w = _frame_weights(a, seg, sizes)  # per-frame bonus weight, sums to 1
     shares = b_min + w * (total - T * b_min)
     # Water-fill in real numbers: cap shares at N and hand the excess to frames with room in
     # proportion to w (equally if none of them has weight); repeat until nothing is above N.
@@ -162,7 +183,10 @@ def allocate_budgets_device(
     Args:
         segment_id: (T,) int64, 0-based, non-decreasing, on any device.
         alpha: (T,) float relevance per segment slot (slots past the last segment are ignored;
-            padding them with 0 is fine).
+            padding them with 0 is fine). Weights >= 0, finite (a softmax, as ``plan_budgets``
+            makes them); checking that would read device values, so NaN/inf/negative weights
+            are counted as 0 here instead (the host version raises ValueError). They need not
+            sum to 1: both allocators normalise them.
         T, N, total, min_frame_ratio: host numbers (from shapes and the config).
     Returns:
         (T,) int64 budgets in [1, N] summing to ``total``, on segment_id's device.
@@ -179,7 +203,7 @@ def allocate_budgets_device(
     sizes = torch.zeros(a.shape[0], dtype=torch.float64, device=dev).index_add_(
         0, segment_id, torch.ones(T, dtype=torch.float64, device=dev)
     )
-    w = a[segment_id] / sizes[segment_id]  # (T,) per-frame bonus weight, as the host version
+    w = _frame_weights(a, segment_id, sizes)  # (T,) per-frame bonus weight, as the host version
     R = total - T * b_min
     shares0 = b_min + w * R  # no overflow: eq. 5 as it stands
     # --- capped count k* (static shapes: every k in [0, T) is tested at once)
@@ -188,7 +212,8 @@ def allocate_budgets_device(
     suffix = ws.flip(0).cumsum(0).flip(0)  # suffix[k] = sum of ws[k:]
     k = torch.arange(T, device=dev, dtype=torch.float64)
     numer = R - k * (N - b_min)  # budget above b_min left for the uncapped frames
-    fits = (ws <= 0) | (b_min + ws * (numer / suffix) <= N)  # weightless frames never overflow
+    # the formula of _final_shares (ws / suffix <= 1: no overflow); weightless frames never overflow
+    fits = (ws <= 0) | (b_min + numer * (ws / suffix) <= N)
     # frames ranked before the first fitting one are capped (fits is monotone in k)
     k_star = (~fits).to(torch.int64).cumprod(0).sum()
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(T, device=dev))
@@ -197,9 +222,14 @@ def allocate_budgets_device(
     # --- one largest-remainder pass (ties to the earlier frame)
     base = torch.floor(shares + 1e-9)
     rest = total - base.sum()
-    frac_order = torch.sort(-(shares - base), stable=True).indices
+    frac = shares - base
+    frac_order = torch.sort(-frac, stable=True).indices
     frac_rank = torch.empty_like(frac_order).scatter_(0, frac_order, torch.arange(T, device=dev))
-    return (base + (frac_rank < rest).to(base.dtype)).to(torch.int64)
+    # rest < 0 (rounding noise only): take back from the smallest fractional parts, as the host does
+    low_order = torch.sort(frac, stable=True).indices
+    low_rank = torch.empty_like(low_order).scatter_(0, low_order, torch.arange(T, device=dev))
+    step = (frac_rank < rest).to(base.dtype) - (low_rank < -rest).to(base.dtype)
+    return (base + step).to(torch.int64)
 
 
 @dataclass
@@ -300,7 +330,12 @@ def _plan_from_stats(f, cos, q, T: int, N: int, retention: float, tau: float, mi
     member = (segment_id[None, :] == slots[:, None]).to(torch.float32)  # (T slots, T frames)
     count = member.sum(1)
     proto = (member @ f) / count.clamp(min=1.0)[:, None]
+    # cosine of scaled copies (largest |entry| 1): a finite q or prototype of any magnitude (1e38,
+    # subnormal) gives the same r as a unit-scale one instead of an inf/inf NaN or a clamped 0
+    tiny = torch.finfo(torch.float32).tiny
     qf = q.float()
+    qf = qf / qf.abs().amax().clamp(min=tiny)
+    proto = proto / proto.abs().amax(dim=1, keepdim=True).clamp(min=tiny)
     r = (proto @ qf) / (proto.norm(dim=1) * qf.norm()).clamp(min=1e-12)
     present = count > 0
     alpha = torch.softmax(r.masked_fill(~present, float("-inf")), dim=0)

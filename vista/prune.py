@@ -141,6 +141,8 @@ def prune_videos(
     keeping its own dtype. ``check_finite``: see :func:`prune_video`.
     """
     config = check_config(config)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
     scout_scores = _check_batch(xs, qs, scout_scores)
     if check_finite:
         _check_values(xs, qs, scout_scores)

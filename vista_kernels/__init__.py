@@ -162,9 +162,12 @@ def frame_stats(x, valid=None, backend: str = "auto", *, keep_gram: bool = False
     """
     from .library import call_frame_stats
 
-    x = checks.check_tokens(x, finite=check_finite)
+    x = checks.check_tokens(x, finite=check_finite is True)
     if valid is not None:
         checks.check_mask(valid, x, "valid")
+    for name, flag in (("keep_gram", keep_gram), ("check_finite", check_finite)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     return call_frame_stats(x, valid, resolve_backend(backend, x), keep_gram)
 
 
@@ -200,17 +203,21 @@ def prune_frames(
         num_kept: M = budgets.sum(). Pass it (e.g. from ``vista.retained_count``) to keep the call
             free of host synchronisation; None reads it from budgets (one sync).
         gram: the Gram tensor from ``frame_stats(..., keep_gram=True)`` (Triton), or None.
-        check_finite: scan x and scores for NaN/inf (one host sync) before any math.
+        check_finite: scan x and scores for NaN/inf and check the counts' values (ranges above,
+            ``budgets.sum() == num_kept``) before any math: one host sync for all of it.
     Returns:
         PrunedFrames(tokens (M, D) x.dtype, frame_index (M,), token_index (M,), keep (F, N) bool,
         foveal (F, N) bool, assign (F, N) int64); rows in frame order, raster order within a frame.
-    Budgets are trusted to respect the limits above (checking them would read device values);
-    ``vista.prune_video`` guarantees them by construction.
+    With ``check_finite=False`` the counts are trusted to respect the limits above (checking them
+    would read device values; ``vista.prune_video`` guarantees them by construction): a violation
+    then gives undefined rows (never an out-of-bounds write), not an error.
     """
     from .library import call_prune_frames
 
     x = checks.check_tokens(x, finite=False)
     F, N, _ = x.shape
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
     budgets = checks.check_counts(budgets, x, "budgets")
     if k_foveal is not None:
         k_foveal = checks.check_counts(k_foveal, x, "k_foveal")
@@ -222,15 +229,24 @@ def prune_frames(
         checks.check_mask(valid, x, "valid")
     k = checks.check_k(k)
     alpha = checks.check_alpha(alpha)
-    if check_finite:
-        checks.check_finite(limits={"x": token_limit(x.shape[-1])}, x=x, scores=scores)
     if num_kept is None:
         num_kept = int(budgets.sum())
     if isinstance(num_kept, bool) or not isinstance(num_kept, int) or not 0 <= num_kept <= F * N:
         raise ValueError(f"num_kept must be an int in [0, F*N] = [0, {F * N}], got {num_kept!r}")
+    if check_finite:  # values of x, scores and the counts: one host sync for all of them
+        checks.check_values({"x": x, "scores": scores}, {"x": token_limit(x.shape[-1])},
+                            checks.count_conditions(budgets, k_foveal, valid, num_kept, N))
     b = resolve_backend(backend, x)
-    if gram is not None and (b != "triton" or tuple(gram.shape) != (F, N, N)):
-        gram = None
+    if gram is not None:
+        if not isinstance(gram, torch.Tensor):
+            raise TypeError(f"gram must be None or the tensor from frame_stats(keep_gram=True), got {type(gram).__name__}")
+        if gram.shape[0] == 0 or b != "triton":
+            gram = None  # frame_stats kept none (too large), or the torch backend recomputes it
+        elif gram.dtype != torch.float32 or tuple(gram.shape) != (F, N, N) or gram.device != x.device:
+            raise ValueError(f"gram must be a float32 (F, N, N) = {(F, N, N)} tensor on {x.device}, got "
+                             f"{gram.dtype} {tuple(gram.shape)} on {gram.device}")
+        else:
+            gram = gram.contiguous()
     return call_prune_frames(x, budgets, k_foveal, scores, valid, gram, num_kept, k, alpha, b)
 
 

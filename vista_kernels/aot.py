@@ -131,7 +131,7 @@ def _specs(dtype: torch.dtype) -> List[Spec]:
                     [("x_ptr", xt, 0), ("out_ptr", xt, 0), ("pos_ptr", "*i64", 0), ("fidx_ptr", "*i64", 0),
                      ("tidx_ptr", "*i64", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
                      ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("D", "i32", D),
-                     ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
+                     ("M", "i32", 7), ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
                     {"BLOCK_M": gc["BLOCK_M"], "BLOCK_N": gc["BLOCK_N"], "BLOCK_D": gc["BLOCK_D"],
                      "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "ROUND_BF16": False,
                      "COMPACT": compact},

@@ -44,24 +44,45 @@ def check_finite(limits=None, **named: torch.Tensor) -> None:
         limits: optional dict name -> largest allowed |value|.
         named: tensors to scan (None entries are skipped).
     """
+    check_values(named, limits)
+
+
+def check_values(named, limits=None, conditions=()) -> None:
+    """:func:`check_finite` of the tensors in ``named`` plus ``conditions``: (ok, message) pairs
+    whose ``ok`` is a 0-dim bool tensor (a ValueError with ``message`` when False), all read with
+    the same single host synchronisation."""
     if _compiling():
         return
+    for k, v in named.items():
+        if v is not None and not isinstance(v, torch.Tensor):
+            raise TypeError(f"{k} must be a torch.Tensor (or None) to be scanned, got {type(v).__name__}")
+        if isinstance(v, torch.Tensor) and v.is_complex():
+            raise TypeError(f"{k} must be a real tensor, got dtype {v.dtype}")
+    limits = {} if limits is None else limits
+    if not isinstance(limits, dict):
+        raise TypeError(f"limits must be a dict of name -> largest |value|, got {type(limits).__name__}")
+    for k, lim in limits.items():
+        if isinstance(lim, bool) or not isinstance(lim, (int, float)) or not lim >= 0:
+            raise ValueError(f"limits[{k!r}] must be a number >= 0, got {lim!r}")
     items = [(k, v) for k, v in named.items() if isinstance(v, torch.Tensor) and v.numel()]
-    if not items:
+    conditions = list(conditions)
+    if not items and not conditions:
         return
-    limits = limits or {}
-    flags = []
+    flags = [ok.reshape(1) for ok, _ in conditions]
     for name, t in items:
-        lo, hi = torch.aminmax(t.detach())
-        lo, hi = lo.float(), hi.float()
-        ok = torch.isfinite(lo) & torch.isfinite(hi)
+        lo, hi = torch.aminmax(t.detach() if t.dtype != torch.bool else t.detach().to(torch.uint8))
+        ok = torch.isfinite(lo) & torch.isfinite(hi)  # in t's own dtype (a large fp64 is finite)
         if name in limits:
-            ok = ok & (torch.maximum(-lo, hi) <= limits[name])
+            ok = ok & (torch.maximum(-lo.double(), hi.double()) <= limits[name])
         flags.append(ok.reshape(1))
     bad = (~torch.cat(flags)).tolist()  # the one sync
+    for b, (_, msg) in zip(bad, conditions):
+        if b:
+            raise ValueError(msg)
+    bad = bad[len(conditions):]
     for (name, t), b in zip(items, bad):
         if b:
-            lo, hi = torch.aminmax(t.detach())
+            lo, hi = torch.aminmax(t.detach() if t.dtype != torch.bool else t.detach().to(torch.uint8))
             if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
                 raise ValueError(f"{name} contains NaN or inf values")
             raise ValueError(
@@ -190,6 +211,23 @@ def check_k_keep(k_keep, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
             f"k_keep[{f}] = {int(k_keep[f])} is larger than the {int(n_valid[f])} valid tokens of frame {f}"
         )
     return k_keep
+
+
+def count_conditions(budgets, k_foveal, valid, num_kept: int, N: int):
+    """(ok, message) pairs for :func:`check_values`: the value contract of ``prune_frames``'s
+    counts (1 <= budgets[f] <= valid tokens of frame f, 0 for a frame without any;
+    0 <= k_foveal[f] <= budgets[f]; budgets.sum() == num_kept). Builds 0-dim tensors only (no sync)."""
+    n_valid = valid.sum(1) if valid is not None else torch.full_like(budgets, N)
+    lo = torch.clamp(n_valid, max=1)
+    conds = [
+        (((budgets >= lo) & (budgets <= n_valid)).all(),
+         "budgets must satisfy 1 <= budgets[f] <= the valid tokens of frame f (0 for a frame without valid tokens)"),
+        (budgets.sum() == num_kept, f"budgets must sum to num_kept = {num_kept}"),
+    ]
+    if k_foveal is not None:
+        conds.append((((k_foveal >= 0) & (k_foveal <= budgets)).all(),
+                      "k_foveal must satisfy 0 <= k_foveal[f] <= budgets[f]"))
+    return conds
 
 
 def check_counts(counts, x: torch.Tensor, name: str) -> torch.Tensor:

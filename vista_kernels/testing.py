@@ -28,7 +28,7 @@ _T = torch.Tensor
 _SYNC_METHODS = {
     _T.item, _T.tolist, _T.__bool__, _T.__int__, _T.__float__, _T.__index__, _T.numpy, _T.cpu,
     _T.nonzero, _T.bincount, _T.unique, _T.unique_consecutive, _T.masked_select, _T.__repr__,
-    _T.__format__, _T.is_nonzero, _T.argwhere,
+    _T.__format__, _T.is_nonzero, _T.argwhere, _T.__contains__, _T.__array__, _T.__complex__,
 }
 _SYNC_FUNCS = {
     torch.nonzero, torch.argwhere, torch.masked_select, torch.unique, torch.unique_consecutive,
@@ -50,8 +50,15 @@ def _syncs(func, args, kwargs) -> bool:
     if func in (_T.__getitem__, _T.__setitem__) and len(args) > 1 and _is_bool_index(args[1]):
         return True
     if func in (torch.repeat_interleave, _T.repeat_interleave):
-        return isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor) and \
-            kwargs.get("output_size") is None
+        if kwargs.get("output_size") is not None:
+            return False
+        if len(args) == 1 and "repeats" not in kwargs:  # repeat_interleave(repeats): size from the values
+            return True
+        return isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor)
+    if func in (_T.index_put_, _T.index_put, torch.index_put, torch.index_put_):
+        return len(args) > 1 and _is_bool_index(args[1])
+    if func in (torch.tensor, torch.as_tensor):  # a list holding tensors: their values are read
+        return bool(args) and isinstance(args[0], (list, tuple)) and _holds_tensor(args[0])
     if func is torch.where and len(args) == 1 and not kwargs:
         return True
     if func is _T.to:
@@ -61,6 +68,10 @@ def _syncs(func, args, kwargs) -> bool:
                 dev = a
         return dev is not None and torch.device(dev).type == "cpu"
     return False
+
+
+def _holds_tensor(data) -> bool:
+    return any(isinstance(d, torch.Tensor) or (isinstance(d, (list, tuple)) and _holds_tensor(d)) for d in data)
 
 
 _TRITON_DIR = None
@@ -102,13 +113,63 @@ class _SyncCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# Explicit waits are not torch functions (TorchFunctionMode never sees them): while a counter is
+# active they are wrapped process-wide and recorded by the counters of the calling thread.
+_EXPLICIT_WAITS = (("torch.cuda", "synchronize"), ("torch.cuda.Stream", "synchronize"),
+                   ("torch.cuda.Event", "synchronize"), ("torch.cuda.Event", "wait"))
+_ACTIVE: List[tuple] = []  # (thread id, counter)
+_ACTIVE_LOCK = threading.Lock()
+_SAVED: List[tuple] = []
+
+
+def _resolve(path: str):
+    obj = torch
+    for part in path.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def _install_waits() -> None:
+    for path, name in _EXPLICIT_WAITS:
+        owner = _resolve(path)
+        orig = getattr(owner, name)
+
+        def wrapper(*args, _orig=orig, _name=f"{path}.{name}", **kwargs):
+            me = threading.get_ident()
+            with _ACTIVE_LOCK:
+                counters = [c for tid, c in _ACTIVE if tid == me]
+            if counters:
+                caller = sys._getframe(1)
+                where = f"{_name} at {os.path.basename(caller.f_code.co_filename)}:{caller.f_lineno}"
+                for c in counters:
+                    c.calls.append(where)
+            return _orig(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+        _SAVED.append((owner, name, orig))
+
+
 @contextlib.contextmanager
 def count_host_syncs():
     """Context manager yielding a counter: ``.count`` host-synchronising torch calls, ``.calls``
-    their names and call sites."""
+    their names and call sites. Explicit waits (``torch.cuda.synchronize``, ``Stream`` /
+    ``Event.synchronize``) made by the same thread count too."""
     mode = _SyncCounter()
-    with mode:
-        yield mode
+    entry = (threading.get_ident(), mode)
+    with _ACTIVE_LOCK:
+        if not _ACTIVE:
+            _install_waits()
+        _ACTIVE.append(entry)
+    try:
+        with mode:
+            yield mode
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.remove(entry)
+            if not _ACTIVE:
+                while _SAVED:
+                    owner, name, orig = _SAVED.pop()
+                    setattr(owner, name, orig)
 
 
 class _LaunchCounter:

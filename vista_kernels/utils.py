@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 import torch
 
 
+#: Triton's CPU interpreter keeps the running grid in module globals: two threads interpreting
+#: kernels at once corrupt each other's program ids ("x >= grid_dim[0]"), so interpreted launches
+#: are serialised. Compiled launches on GPUs need no lock.
+_INTERPRETER_LOCK = threading.RLock()
+
+
 def on_device_of(t: torch.Tensor):
-    """Context that makes ``t``'s CUDA device current (Triton launches on the current device and
-    its current stream, not on the tensors' device); a no-op for CPU tensors."""
+    """Context for running Triton kernels on ``t``: makes ``t``'s CUDA device current (Triton
+    launches on the current device and its current stream, not on the tensors' device); for CPU
+    tensors (the interpreter) it holds the interpreter lock instead."""
     if isinstance(t, torch.Tensor) and t.is_cuda:
         return torch.cuda.device(t.device)
+    if interpreter_active():
+        return _INTERPRETER_LOCK
     return contextlib.nullcontext()
 
 

@@ -71,7 +71,7 @@ def _anchor_assign_kernel(g_ptr, sq_ptr, valid_ptr, keep_ptr, assign_ptr, f0, N,
 
 @triton.jit
 def _anchor_aggregate_kernel(x_ptr, out_ptr, pos_ptr, fidx_ptr, tidx_ptr, valid_ptr, keep_ptr, assign_ptr,
-                             f0, N, D, stride_xf, one_minus_a, alpha,
+                             f0, N, D, M, stride_xf, one_minus_a, alpha,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                              ROUND_BF16: tl.constexpr, COMPACT: tl.constexpr):
@@ -113,10 +113,11 @@ def _anchor_aggregate_kernel(x_ptr, out_ptr, pos_ptr, fidx_ptr, tidx_ptr, valid_
     if COMPACT:
         # kept rows only, straight into their output rows (offsets from the prefix sum of keep)
         orow = tl.load(pos_ptr + f * N + rows, mask=rmask & ki, other=0)
-        tl.store(out_ptr + orow[:, None] * D + dd[None, :], res, mask=m2 & ki[:, None])
+        ko = ki & (orow < M)  # never past the (M, D) output, even for budgets that break their contract
+        tl.store(out_ptr + orow[:, None] * D + dd[None, :], res, mask=m2 & ko[:, None])
         if db == 0:
-            tl.store(fidx_ptr + orow, tl.zeros_like(orow) + f, mask=rmask & ki)
-            tl.store(tidx_ptr + orow, rows.to(tl.int64), mask=rmask & ki)
+            tl.store(fidx_ptr + orow, tl.zeros_like(orow) + f, mask=rmask & ko)
+            tl.store(tidx_ptr + orow, rows.to(tl.int64), mask=rmask & ko)
     else:
         tl.store(out_ptr + f * stride_xf + rows[:, None] * D + dd[None, :], res, mask=m2)
 
@@ -159,7 +160,7 @@ def launch_aggregate(x, out, keep_u8, assign, geo: Geometry, f0: int, nf: int, a
     dummy = assign
     _anchor_aggregate_kernel[(triton.cdiv(N, gc["BLOCK_M"]), triton.cdiv(D, gc["BLOCK_D"]), nf)](
         x, out, pos if compact else dummy, fidx if compact else dummy, tidx if compact else dummy,
-        geo.valid_u8, keep_u8, assign, f0, N, D, N * D, one_minus(alpha), alpha,
+        geo.valid_u8, keep_u8, assign, f0, N, D, out.shape[0] if compact else 0, N * D, one_minus(alpha), alpha,
         BLOCK_M=gc["BLOCK_M"], BLOCK_N=gc["BLOCK_N"], BLOCK_D=gc["BLOCK_D"],
         UPCAST=upcast_flag(_anchor_aggregate_kernel, x.dtype), INPUT_PRECISION=geo.input_precision,
         ROUND_BF16=bool(kernel_interpreted(_anchor_aggregate_kernel) and x.dtype == torch.bfloat16),

@@ -101,19 +101,21 @@ def _delta_rows(g_f, sq_f, v_f, rsrc_f, delta_f, gamma_f, rb, N, Df,
     ri = tl.load(rsrc_f + rows, mask=rmask, other=0.0)
     dmin = tl.full((BLOCK_M,), float("inf"), dtype=tl.float32)
     dmax = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    has = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for c0 in range(0, N, BLOCK_N):
         cols = c0 + tl.arange(0, BLOCK_N)
         cmask = cols < N
         vj = (tl.load(v_f + cols, mask=cmask, other=0) != 0) & cmask
         rj = tl.load(rsrc_f + cols, mask=cmask, other=0.0)
         d2 = _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df)
-        higher = (rj[None, :] > ri[:, None]) | ((rj[None, :] == ri[:, None]) & (cols[None, :] < rows[:, None]))
+        # duplicates (d2 == 0) compare as equal densities, so the lower index is the denser (reference)
+        rje = tl.where(d2 == 0.0, ri[:, None], rj[None, :])
+        higher = (rje > ri[:, None]) | ((rje == ri[:, None]) & (cols[None, :] < rows[:, None]))
         higher = higher & vj[None, :]
         dmin = tl.minimum(dmin, tl.min(tl.where(higher, d2, float("inf")), axis=1))
         dmax = tl.maximum(dmax, tl.max(tl.where(vj[None, :], d2, float("-inf")), axis=1))
-        has = tl.maximum(has, tl.max(higher.to(tl.int32), axis=1))
-    d = tl.maximum(tl.where(has > 0, dmin, dmax), 0.0)
+    # a denser candidate exists iff dmin is finite (distances of finite tokens are finite); not
+    # tracking a separate flag keeps the fused kernel within 128 registers (AOT: no spills)
+    d = tl.maximum(tl.where(dmin < float("inf"), dmin, dmax), 0.0)
     delta = tl.where(vi, tl.sqrt_rn(d), 0.0)
     tl.store(delta_f + rows, delta, mask=rmask)
     if STORE_GAMMA:
@@ -247,7 +249,7 @@ def dpc_scores_triton(x, valid=None, k: int = 7, *, max_gram_elems: Optional[int
 
 
 def _rho_from_gram(g, sq, valid, D, k):
-    d2 = (sq[:, :, None] + sq[:, None, :]).add_(g, alpha=-2.0).clamp_(min=0.0).div_(D)
+    d2 = _common.sqdist_from_gram(g, sq[:, :, None], sq[:, None, :]).div_(D)  # the duplicate rule too
     from ..reference.dpc import _knn_rho_inplace
     return _knn_rho_inplace(d2, valid, k)
 

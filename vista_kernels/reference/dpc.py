@@ -4,7 +4,8 @@ Distances are d_ij = ||x_i - x_j||_2 / sqrt(D) in fp32 (any input dtype), from o
 frame. Only ``valid`` tokens (the candidates) take part; invalid rows get 0.
 
 Tie rules (DESIGN.md): token j counts as "denser" than i when rho_j > rho_i, or rho_j == rho_i and
-j < i; so every frame with candidates has exactly one density peak (highest rho, lowest index), whose
+j < i; duplicates (distance 0 by the duplicate rule) are ordered by index alone (the lower one is
+denser, so exactly one of them can become an anchor on every backend); so every frame with candidates has exactly one density peak (highest rho, lowest index), whose
 delta is its largest distance to any candidate. Top-k on gamma prefers the lower index on ties.
 """
 from __future__ import annotations
@@ -36,12 +37,15 @@ def _delta_inplace(d2: torch.Tensor, rho: torch.Tensor, valid: torch.Tensor) -> 
     """delta from d2 (F, N, N) whose invalid columns may hold anything; d2 is overwritten."""
     N = d2.shape[-1]
     d2.diagonal(dim1=1, dim2=2).fill_(0.0)
+    dup = d2 == 0  # duplicates by the rule (and the diagonal); read before the masking below
     d2.masked_fill_(~valid[:, None, :], -math.inf)
     dmax = d2.amax(-1)  # farthest candidate (self distance 0 when alone)
     r = rho.float()
     idx = torch.arange(N, device=d2.device)
     lower = idx[None, :] < idx[:, None]  # [i, j]: j < i
-    higher = (r[:, None, :] > r[:, :, None]) | ((r[:, None, :] == r[:, :, None]) & lower)
+    # duplicates are one token: the lower index is the denser, whatever their rho (rho of two
+    # bit-identical tokens can differ by an ulp when their Gram rows come from different tiles)
+    higher = torch.where(dup, lower, (r[:, None, :] > r[:, :, None]) | ((r[:, None, :] == r[:, :, None]) & lower))
     higher &= valid[:, None, :]
     d2.masked_fill_(~higher, math.inf)
     dmin = d2.amin(-1)

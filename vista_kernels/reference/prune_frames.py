@@ -49,7 +49,9 @@ def token_chunks(F: int, N: int, D: int, device: torch.device):
 
 def frame_stats_torch(x: torch.Tensor, valid: Optional[torch.Tensor] = None):
     """(means (F, D) fp32 over valid tokens, cosine (F-1,) fp32 of consecutive means)."""
-    if valid is None:  # chunk by chunk (cache-resident on CPU)
+    if x.shape[0] == 0:
+        f = torch.zeros((0, x.shape[2]), dtype=torch.float32, device=x.device)
+    elif valid is None:  # chunk by chunk (cache-resident on CPU)
         f = torch.cat([x[sl].float().mean(1) for sl in token_chunks(x.shape[0], x.shape[1], x.shape[2], x.device)])
     else:
         f = frame_means_torch(x, valid)
@@ -65,7 +67,8 @@ def compact_positions(keep: torch.Tensor, num_kept: int):
     F, N = keep.shape
     flat = keep.reshape(-1)
     pos = torch.cumsum(flat, 0) - 1
-    pos = torch.where(flat, pos, torch.full_like(pos, num_kept))
+    # rows past num_kept (only when the caller's budgets break their contract) go to the dummy slot
+    pos = torch.where(flat & (pos < num_kept), pos, torch.full_like(pos, num_kept))
     kept_flat = torch.empty(num_kept + 1, dtype=torch.int64, device=keep.device)
     kept_flat.scatter_(0, pos, torch.arange(F * N, device=keep.device))  # slot M: a discarded dummy
     return pos.view(F, N), kept_flat[:num_kept]
