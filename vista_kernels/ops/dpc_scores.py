@@ -28,6 +28,8 @@ from ..reference import _common
 from ..utils import check_triton_device, next_pow2
 from .frame_geometry import Geometry
 
+_TRITON_BEFORE_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
+
 #: Largest k the register top-k supports; larger k falls back to the reference for rho.
 MAX_K = 32
 #: Frames with at most this many tokens use the fused one-program-per-frame launch.
@@ -108,8 +110,8 @@ def _delta_rows(g_f, sq_f, v_f, rsrc_f, delta_f, gamma_f, rb, N, Df,
         rj = tl.load(rsrc_f + cols, mask=cmask, other=0.0)
         d2 = _d2_tile(g_f, sq_f, rows, cols, rmask, cmask, N, Df)
         # duplicates (d2 == 0) compare as equal densities, so the lower index is the denser (reference)
-        rje = tl.where(d2 == 0.0, ri[:, None], rj[None, :])
-        higher = (rje > ri[:, None]) | ((rje == ri[:, None]) & (cols[None, :] < rows[:, None]))
+        lower = cols[None, :] < rows[:, None]
+        higher = tl.where(d2 == 0.0, lower, (rj[None, :] > ri[:, None]) | ((rj[None, :] == ri[:, None]) & lower))
         higher = higher & vj[None, :]
         dmin = tl.minimum(dmin, tl.min(tl.where(higher, d2, float("inf")), axis=1))
         dmax = tl.maximum(dmax, tl.max(tl.where(vj[None, :], d2, float("-inf")), axis=1))
@@ -190,6 +192,10 @@ def dpc_config(N: int, k: int) -> dict:
     block_m = max(16, min(32, next_pow2(N)))
     if K >= 16 and N <= 32:  # AOT-checked: a (32 x 16) running top-k spilled 8 bytes on sm_90
         block_m = 16
+    if 32 < N <= FUSED_MAX_N and _TRITON_BEFORE_3_7:
+        # AOT-checked per triton version: with triton 3.6 the 32 x 64 tiles spill 8-48 bytes (fused
+        # and delta modes) and 32 x 32 do not; with triton 3.8 it is the other way round (k = 1)
+        block_n = 32
     if K <= 2 and N > FUSED_MAX_N:  # AOT-checked: 32 x 64 tiles spilled 8 bytes on sm_90 (triton 3.6)
         block_n = 32
     # AOT-checked: 8 warps for the 32 < N <= 256 (fused) launches; 8 warps spilled 8-16 bytes on
