@@ -145,13 +145,17 @@ def test_bad_vista_backend_env(monkeypatch):
 def test_valid_calls_of_the_same_shapes_succeed():
     """Guards the table above: each argument is only wrong in the way its case says."""
     x, v = X(), VALID()
-    vk.frame_cosine(x, valid=v, **T)
+    assert vk.frame_cosine(x, valid=v, **T).shape == (F - 1,)
     rho = vk.knn_density(x, k=7, valid=v, **T)
-    vk.dpc_delta(x, rho, valid=v, **T)
-    vk.dpc_gamma(x, valid=v, k=1, **T)
-    vk.dpc_select(x, torch.tensor([5, 3]), valid=v, **T)
-    vk.dpc_select(x, 0, **T)
-    vk.anchor_aggregate(x, keep_subset(), alpha=0.0, valid=v, **T)
-    vk.anchor_aggregate(x, keep_subset(), alpha=1, **T)
-    vk.anchor_aggregate(x, keep_subset() & torch.tensor([[True], [False]]), valid=torch.tensor([[True], [False]]).expand(F, N).contiguous(), **T)
-    vk.scout_score_reduce(torch.rand(1, 2, 3, 4), **T)
+    assert rho.shape == (F, N)
+    assert vk.dpc_delta(x, rho, valid=v, **T).shape == (F, N)
+    assert vk.dpc_gamma(x, valid=v, k=1, **T).shape == (F, N)
+    assert vk.dpc_select(x, torch.tensor([5, 3]), valid=v, **T).sum(1).tolist() == [5, 3]
+    assert int(vk.dpc_select(x, 0, **T).sum()) == 0
+    for out, assign in (vk.anchor_aggregate(x, keep_subset(), alpha=0.0, valid=v, **T),
+                        vk.anchor_aggregate(x, keep_subset(), alpha=1, **T)):
+        assert out.shape == x.shape and assign.shape == (F, N)
+    one = torch.tensor([[True], [False]]).expand(F, N).contiguous()
+    _, assign = vk.anchor_aggregate(x, keep_subset() & one, valid=one, **T)
+    assert bool((assign[1] == -1).all())  # the frame without valid tokens has no anchors
+    assert vk.scout_score_reduce(torch.rand(1, 2, 3, 4), **T).shape == (1, 4)

@@ -244,14 +244,20 @@ def dpc_scores_triton(x, valid=None, k: int = 7, *, max_gram_elems: Optional[int
     z = lambda: torch.zeros((F, N), dtype=torch.float32, device=x.device)  # noqa: E731
     rho, delta, gamma = z(), z(), z()
     geo = Geometry(x, valid, input_precision)
-    big_k = min(k, N - 1) > MAX_K
     for f0, f1, g in geo.chunks(max_gram_elems):
-        if big_k:  # register top-k limited to 32 neighbours: rho from the reference formula on G
-            rho[f0:f1] = _rho_from_gram(g, geo.sq[f0:f1], valid[f0:f1], geo.D, k)
-            _launch(geo, f0, f1, g, geo.valid_u8, None, delta, gamma, rho, k, False, True, fused)
-        else:
-            _launch(geo, f0, f1, g, geo.valid_u8, rho, delta, gamma, None, k, True, True, fused)
+        scores_chunk(geo, f0, f1, g, valid, geo.valid_u8, k, rho, delta, gamma, fused)
     return rho, delta, gamma
+
+
+def scores_chunk(geo: Geometry, f0: int, f1: int, g: torch.Tensor, cand: torch.Tensor, cand_u8: torch.Tensor,
+                 k: int, rho, delta, gamma, fused: Optional[bool]) -> None:
+    """rho, delta, gamma of frames [f0, f1) over the candidates ``cand`` (bool, and its uint8 view),
+    from their Gram matrices ``g``; written into the (F, N) outputs."""
+    if min(k, geo.N - 1) > MAX_K:  # register top-k holds 32 neighbours: rho from the reference formula on G
+        rho[f0:f1] = _rho_from_gram(g, geo.sq[f0:f1], cand[f0:f1], geo.D, k)
+        _launch(geo, f0, f1, g, cand_u8, None, delta, gamma, rho, k, False, True, fused)
+    else:
+        _launch(geo, f0, f1, g, cand_u8, rho, delta, gamma, None, k, True, True, fused)
 
 
 def _rho_from_gram(g, sq, valid, D, k):

@@ -95,13 +95,8 @@ def prune_frames_triton(
     else:
         chunks = None
     fused = _dpc.use_fused_launch(N, F, dev)
-    k_eff = min(k, max(N - 1, 0))
     for f0, f1, g in chunks if chunks is not None else geo.chunks(max_gram_elems):
-        if k_eff > _dpc.MAX_K:  # register top-k holds up to 32 neighbours: rho from the reference formula
-            rho[f0:f1] = _dpc._rho_from_gram(g, geo.sq[f0:f1], cand[f0:f1], D, k)
-            _dpc._launch(geo, f0, f1, g, c8, None, delta, gamma, rho, k, False, True, None)
-        else:
-            _dpc._launch(geo, f0, f1, g, c8, rho, delta, gamma, None, k, True, True, fused)
+        _dpc.scores_chunk(geo, f0, f1, g, cand, c8, k, rho, delta, gamma, fused)
         kc = stable_topk_mask(gamma[f0:f1], k_anchor[f0:f1], cand[f0:f1]) | foveal[f0:f1]
         keep[f0:f1] = kc
         _agg.launch_assign(g, geo, keep.view(torch.uint8), assign, f0, f1 - f0)
