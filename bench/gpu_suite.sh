@@ -135,7 +135,7 @@ fi
 
 # (b) gpu-marked tests, TF32 off (bench/gpu_suite_plugin.py), ending cleanly at the box's deadline
 if [ "$DRY" = 1 ]; then
-  TESTS=(tests/test_kernels_prune.py)  # the dry run checks the plumbing: gpu tests skip without CUDA
+  TESTS=(tests/kernels/test_prune_frames.py)  # the dry run checks the plumbing: gpu tests skip without CUDA
   BOX_T=120
 else
   TESTS=()

@@ -39,19 +39,43 @@ apply_tf32_switch()
 torch.set_num_threads(1)
 
 
-# Tiny saved models for tests/test_cli.py and tests/test_pipeline.py (built once per session,
-# under the session's base temp dir; see tests/_fixtures.py).
-from _fixtures import tiny_dir  # noqa: E402
+def _build_tiny(base, kind: str) -> str:
+    """A tiny saved model ("llava", "qwen" or "scout") under ``base``, built once per session."""
+    if kind not in ("llava", "qwen", "scout"):
+        raise ValueError(f"kind must be 'llava', 'qwen' or 'scout', got {kind!r}")
+    d = base / "vista_tiny" / kind
+    if not (d / "config.json").exists():
+        if kind == "llava":
+            from vista.tiny_models import build_tiny_llava_onevision as build
+        elif kind == "qwen":
+            from vista.tiny_models import build_tiny_qwen2_5_vl as build
+        else:
+            from vista.scout import build_tiny_scout as build
+        build(str(d), seed=0)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """``tiny_model_dir(kind)``: the directory of a tiny random model saved once per test session
+    (kind "llava" = LLaVA-OneVision, "qwen" = Qwen2.5-VL, "scout" = BLIP-2 ITM scout)."""
+    base = tmp_path_factory.getbasetemp()
+    return lambda kind: _build_tiny(base, kind)
 
 
 @pytest.fixture(scope="module")
-def llava(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "llava")
+def llava(tiny_model_dir):
+    return tiny_model_dir("llava")
 
 
 @pytest.fixture(scope="module")
-def scout(tmp_path_factory):
-    return tiny_dir(tmp_path_factory, "scout")
+def qwen(tiny_model_dir):
+    return tiny_model_dir("qwen")
+
+
+@pytest.fixture(scope="module")
+def scout(tiny_model_dir):
+    return tiny_model_dir("scout")
 
 
 @pytest.fixture(scope="module")
