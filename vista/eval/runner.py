@@ -441,6 +441,8 @@ def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: Answe
 
 def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_style: str, progress: bool,
            fail_fast: bool) -> SweepResult:
+    """The sweep once ``cache`` is open: warn about missing videos and stale cache records, then one
+    pass per retention (see :func:`_sweep_retention`)."""
     result = SweepResult(retentions, list(benchmarks), {}, meta=cache.meta)
     result.cache_problems = list(cache.problems)
     samples = [s for b in benchmarks for s in b.samples]
@@ -450,7 +452,16 @@ def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_
             warnings.warn(f"{b.title}: {len(b.missing)} question(s) skipped, video not found "
                           f"(e.g. {b.missing[0].extra.get('video_ref', b.missing[0].video)}); "
                           f"they are reported, not counted")
-    # a cached record is reused only when it was written for this very question (same fingerprint)
+    valid = _reusable_records(cache, samples, fingerprints, retentions)
+    for r in retentions:
+        _sweep_retention(result, samples, r, valid, make_answer_fn, cache, prompt_style, progress, fail_fast)
+    return result
+
+
+def _reusable_records(cache: "ResultCache", samples: List[Sample], fingerprints: List[str],
+                      retentions: List[float]) -> Dict[str, dict]:
+    """key -> cached record, for the records written for this very question (same fingerprint); warns
+    about the others (no fingerprint: an older version; another fingerprint: another annotation)."""
     valid = {}
     n_unmarked = n_changed = 0
     for r in retentions:
@@ -471,55 +482,78 @@ def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_
         warnings.warn(f"cache: {n_changed} cached record(s) in {cache.path} were for a different question "
                       f"(same benchmark/qid, but another question, options, answer or video: another "
                       f"annotation file?); they are recomputed")
-    for r in retentions:
-        pending = [s for s in samples if sample_key(s, r) not in valid]
-        for s in samples:
-            if sample_key(s, r) in valid:
-                result.records[sample_key(s, r)] = valid[sample_key(s, r)]
-        done = [result.records[sample_key(s, r)] for s in samples if sample_key(s, r) in result.records]
-        n_correct = sum(1 for rec in done if rec["correct"])
-        n_done = len(done)
-        if not pending:
-            continue
-        answer_fn = make_answer_fn(r)
-        if not callable(answer_fn):
-            raise TypeError(f"make_answer_fn({r}) must return a callable answer_fn(video, prompt)")
-        takes_clip = accepts_clip(answer_fn)
-        n_clipped = sum(1 for s in pending if sample_clip(s) is not None)
-        if n_clipped and not takes_clip:
-            warnings.warn(f"{n_clipped} question(s) give a time range (start/end) but answer_fn takes no "
-                          f"clip= keyword; they are answered on the whole video")
-        bar = _progress(len(samples), n_done, f"retention {retention_key(r)}", progress)
-        try:
-            for s in pending:
-                prompt = build_prompt(s.question, s.options, prompt_style)
-                t0 = time.perf_counter()
-                clip = sample_clip(s) if takes_clip else None
-                try:
-                    if clip is None:
-                        text, stats = answer_fn(s.video, prompt)
-                    else:
-                        text, stats = answer_fn(s.video, prompt, clip=clip)
-                    rec = _score(s, r, text, stats, prompt, clip)
-                except Exception as e:  # noqa: BLE001 - one bad video must not end a long sweep
-                    if fail_fast:
-                        raise
-                    result.errors.append({"key": sample_key(s, r), "benchmark": s.benchmark, "qid": s.qid,
-                                          "retention": r, "video": s.video, "error": f"{type(e).__name__}: {e}"})
-                    warnings.warn(f"{s.benchmark}/{s.qid} at retention {r}: {type(e).__name__}: {e}")
-                    bar.update(1)
-                    continue
-                rec["stats"].setdefault("latency_s", time.perf_counter() - t0)
-                cache.add(rec)
-                result.records[rec["key"]] = rec
-                result.computed += 1
-                n_done += 1
-                n_correct += bool(rec["correct"])
-                bar.set_postfix_str(f"acc {100.0 * n_correct / n_done:.1f}%")
+    return valid
+
+
+def _sweep_retention(result: SweepResult, samples: List[Sample], r: float, valid: Dict[str, dict],
+                     make_answer_fn: AnswerFnFactory, cache: "ResultCache", prompt_style: str, progress: bool,
+                     fail_fast: bool) -> None:
+    """One retention: take its reusable records into ``result``, then answer, score and cache the
+    other samples one by one (the progress bar starts at the cached count and shows the accuracy)."""
+    pending = [s for s in samples if sample_key(s, r) not in valid]
+    for s in samples:
+        if sample_key(s, r) in valid:
+            result.records[sample_key(s, r)] = valid[sample_key(s, r)]
+    done = [result.records[sample_key(s, r)] for s in samples if sample_key(s, r) in result.records]
+    n_correct = sum(1 for rec in done if rec["correct"])
+    n_done = len(done)
+    if not pending:
+        return
+    answer_fn, takes_clip = _answer_fn_for(make_answer_fn, r, pending)
+    bar = _progress(len(samples), n_done, f"retention {retention_key(r)}", progress)
+    try:
+        for s in pending:
+            rec = _answer_sample(result, s, r, answer_fn, takes_clip, prompt_style, fail_fast)
+            if rec is None:  # the call failed: reported in result.errors
                 bar.update(1)
-        finally:
-            bar.close()
-    return result
+                continue
+            cache.add(rec)
+            result.records[rec["key"]] = rec
+            result.computed += 1
+            n_done += 1
+            n_correct += bool(rec["correct"])
+            bar.set_postfix_str(f"acc {100.0 * n_correct / n_done:.1f}%")
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _answer_fn_for(make_answer_fn: AnswerFnFactory, r: float, pending: List[Sample]) -> Tuple[AnswerFn, bool]:
+    """(the answer function for retention ``r``, whether it takes ``clip=``); warns when it does not
+    but some pending samples give a time range."""
+    answer_fn = make_answer_fn(r)
+    if not callable(answer_fn):
+        raise TypeError(f"make_answer_fn({r}) must return a callable answer_fn(video, prompt)")
+    takes_clip = accepts_clip(answer_fn)
+    n_clipped = sum(1 for s in pending if sample_clip(s) is not None)
+    if n_clipped and not takes_clip:
+        warnings.warn(f"{n_clipped} question(s) give a time range (start/end) but answer_fn takes no "
+                      f"clip= keyword; they are answered on the whole video")
+    return answer_fn, takes_clip
+
+
+def _answer_sample(result: SweepResult, s: Sample, r: float, answer_fn: AnswerFn, takes_clip: bool,
+                   prompt_style: str, fail_fast: bool) -> Optional[dict]:
+    """The scored record of one sample (with its ``latency_s``), or None when the call raised: then
+    the error goes to ``result.errors`` and a warning (or is raised again with ``fail_fast``)."""
+    prompt = build_prompt(s.question, s.options, prompt_style)
+    t0 = time.perf_counter()
+    clip = sample_clip(s) if takes_clip else None
+    try:
+        if clip is None:
+            text, stats = answer_fn(s.video, prompt)
+        else:
+            text, stats = answer_fn(s.video, prompt, clip=clip)
+        rec = _score(s, r, text, stats, prompt, clip)
+    except Exception as e:  # noqa: BLE001 - one bad video must not end a long sweep
+        if fail_fast:
+            raise
+        result.errors.append({"key": sample_key(s, r), "benchmark": s.benchmark, "qid": s.qid,
+                              "retention": r, "video": s.video, "error": f"{type(e).__name__}: {e}"})
+        warnings.warn(f"{s.benchmark}/{s.qid} at retention {r}: {type(e).__name__}: {e}")
+        return None
+    rec["stats"].setdefault("latency_s", time.perf_counter() - t0)
+    return rec
 
 
 class _NoBar:
