@@ -623,39 +623,52 @@ def summarize(result: SweepResult) -> dict:
         }
     paired: Dict[str, Dict[str, Dict[str, dict]]] = {}  # retention key -> benchmark -> qid -> record
     for r in result.retentions:
-        per = {}
-        all_recs = []
-        for b in result.benchmarks:
-            recs = [result.records[k] for k in (sample_key(s, r) for s in b.samples) if k in result.records]
-            paired.setdefault(retention_key(r), {})[b.name] = {x["qid"]: x for x in recs}
-            all_recs += recs
-            entry = _acc(recs)
-            entry["unparsed"] = sum(1 for x in recs if x.get("pred") is None)
-            entry["by_category"] = _group(recs, "category")
-            entry["by_duration"] = _group(recs, "duration")
-            entry["pending"] = len(b.samples) - len(recs)
-            per[b.name] = entry
-        accs = [e["accuracy"] for e in per.values()]
-        row = {
-            "benchmarks": per,
-            "average": _mean(accs) if all(a is not None for a in accs) else None,
-            "flops_ratio": _mean(x["stats"].get("flops_ratio") for x in all_recs),
-            "ttft_s": _mean(x["stats"].get("ttft_s") for x in all_recs),
-            "latency_s": _mean(x["stats"].get("latency_s") for x in all_recs),
-            "peak_mem_bytes": max((x["stats"]["peak_mem_bytes"] for x in all_recs
-                                   if x["stats"].get("peak_mem_bytes") is not None), default=None),
-            "tokens_before": _mean(x["stats"].get("tokens_before") for x in all_recs),
-            "tokens_after": _mean(x["stats"].get("tokens_after") for x in all_recs),
-            "errors": sum(1 for e in result.errors if e["retention"] == r),
-        }
-        out["results"][retention_key(r)] = row
-    # Relative accuracy compares retention r with retention 1.0 on the same questions: those that
-    # have a record at both (a question that failed at one of them would otherwise make the two
-    # accuracies cover different sets).  ``relative_n`` gives the number of questions used.
+        out["results"][retention_key(r)] = _retention_row(result, r, paired.setdefault(retention_key(r), {}))
+    _add_relative(out["results"], paired)
+    return out
+
+
+def _retention_row(result: SweepResult, r: float, paired: Dict[str, Dict[str, dict]]) -> dict:
+    """The summary row of retention ``r``: accuracy per benchmark and on average, mean costs, errors.
+    Fills ``paired`` (benchmark -> qid -> record) for the relative accuracy."""
+    per = {}
+    all_recs = []
+    for b in result.benchmarks:
+        recs = [result.records[k] for k in (sample_key(s, r) for s in b.samples) if k in result.records]
+        paired[b.name] = {x["qid"]: x for x in recs}
+        all_recs += recs
+        entry = _acc(recs)
+        entry["unparsed"] = sum(1 for x in recs if x.get("pred") is None)
+        entry["by_category"] = _group(recs, "category")
+        entry["by_duration"] = _group(recs, "duration")
+        entry["pending"] = len(b.samples) - len(recs)
+        per[b.name] = entry
+    accs = [e["accuracy"] for e in per.values()]
+    return {
+        "benchmarks": per,
+        "average": _mean(accs) if all(a is not None for a in accs) else None,
+        "flops_ratio": _mean(x["stats"].get("flops_ratio") for x in all_recs),
+        "ttft_s": _mean(x["stats"].get("ttft_s") for x in all_recs),
+        "latency_s": _mean(x["stats"].get("latency_s") for x in all_recs),
+        "peak_mem_bytes": max((x["stats"]["peak_mem_bytes"] for x in all_recs
+                               if x["stats"].get("peak_mem_bytes") is not None), default=None),
+        "tokens_before": _mean(x["stats"].get("tokens_before") for x in all_recs),
+        "tokens_after": _mean(x["stats"].get("tokens_after") for x in all_recs),
+        "errors": sum(1 for e in result.errors if e["retention"] == r),
+    }
+
+
+def _add_relative(results: Dict[str, dict], paired: Dict[str, Dict[str, Dict[str, dict]]]) -> None:
+    """Set ``relative`` and ``relative_n`` in every row of ``results`` (None without retention 1.0).
+
+    Relative accuracy compares retention r with retention 1.0 on the same questions: those that
+    have a record at both (a question that failed at one of them would otherwise make the two
+    accuracies cover different sets).  ``relative_n`` gives the number of questions used.
+    """
     base_key = retention_key(1.0)
-    for key, row in out["results"].items():
+    for key, row in results.items():
         rel = rel_n = None
-        if base_key in out["results"]:
+        if base_key in results:
             rel, rel_n = {}, {}
             accs_r, accs_b = [], []
             for name in row["benchmarks"]:
@@ -673,22 +686,43 @@ def summarize(result: SweepResult) -> dict:
             rel_n["average"] = sum(v for v in rel_n.values())
         row["relative"] = rel
         row["relative_n"] = rel_n
-    return out
 
 
 def _pct(v, digits=2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+_TABLE_NOTE = ("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep), "
+               "on the questions answered at both retentions. "
+               "Prefill FLOPs ratio: LLM prefill FLOPs with pruning / without (visual + text tokens), mean over "
+               "questions. TTFT: video decode to first generated token, mean; Latency: whole call, mean. "
+               "Peak mem: the largest of the per-question peaks (CUDA: max allocated; CPU: the process's peak RSS).")
+
+
 def render_markdown(summary: dict) -> str:
+    """``results.md``: the run's description, the main table (one row per retention, laid out like
+    the paper's Tables 1-2) and its note, a section per benchmark, the errors."""
     meta = summary.get("meta", {})
-    rets = summary["retentions"]
-    benches = list(summary["benchmarks"])
     lines = ["# Vista-LLM evaluation", ""]
     info = [f"{k}: `{meta[k]}`" for k in ("model", "scout", "prompt_style", "max_new_tokens", "device") if meta.get(k)]
     if info:
         lines += ["; ".join(info), ""]
-    # --- main table, laid out like the paper's Tables 1-2
+    lines += _main_table(summary)
+    lines += ["", _TABLE_NOTE, ""]
+    for name in summary["benchmarks"]:
+        lines += _benchmark_section(summary, name)
+    if summary["errors"]:
+        lines += ["## Errors (not scored; retried on the next run)", ""]
+        for e in summary["errors"][:20]:
+            lines.append(f"- {e['benchmark']}/{e['qid']} @ {100 * e['retention']:g}%: {e['error']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _main_table(summary: dict) -> List[str]:
+    """The main table's lines: per retention the FLOPs ratio, each benchmark's accuracy (Video-MME
+    also per duration class), the average, its relative %, TTFT, latency and peak memory."""
+    benches = list(summary["benchmarks"])
     head = ["Retention", "Prefill FLOPs ratio"]
     for name in benches:
         title = summary["benchmarks"][name]["title"]
@@ -697,8 +731,8 @@ def render_markdown(summary: dict) -> str:
             head += [f"{title} {d}" for d in durs]
         head.append(title)
     head += ["Average", "Rel. %", "TTFT (s)", "Latency (s)", "Peak mem (GB)"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rets:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["retentions"]:
         row = summary["results"][retention_key(r)]
         cells = [f"{100 * r:g}%", "–" if row["flops_ratio"] is None else f"{100 * row['flops_ratio']:.1f}%"]
         for name in benches:
@@ -711,51 +745,43 @@ def render_markdown(summary: dict) -> str:
                   _pct(row["latency_s"], 3),
                   "–" if row["peak_mem_bytes"] is None else f"{row['peak_mem_bytes'] / 1e9:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _benchmark_section(summary: dict, name: str) -> List[str]:
+    """One benchmark's section: questions scored/skipped, a table of accuracy per split (overall,
+    each duration class and category) and retention, unparsed replies, missing videos."""
+    rets = summary["retentions"]
+    binfo = summary["benchmarks"][name]
+    entries = [summary["results"][retention_key(r)]["benchmarks"][name] for r in rets]
+    lines = [f"## {binfo['title']}", ""]
+    n_q = binfo["questions"]
+    n_miss, n_bad = len(binfo["missing_videos"]), len(binfo["invalid"])
+    lines.append(f"{binfo['scored']} of {n_q} questions scored"
+                 + (f"; {n_miss} skipped (video not found)" if n_miss else "")
+                 + (f"; {n_bad} invalid annotation(s) skipped" if n_bad else "") + ".")
     lines.append("")
-    lines.append("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep), "
-                 "on the questions answered at both retentions. "
-                 "Prefill FLOPs ratio: LLM prefill FLOPs with pruning / without (visual + text tokens), mean over "
-                 "questions. TTFT: video decode to first generated token, mean; Latency: whole call, mean. "
-                 "Peak mem: the largest of the per-question peaks (CUDA: max allocated; CPU: the process's peak RSS).")
+    head = ["Split"] + [f"{100 * r:g}%" for r in rets]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| **overall** | " + " | ".join(_cell(e) for e in entries) + " |")
+    for kind, label in (("by_duration", "duration"), ("by_category", "category")):
+        keys = []
+        for e in entries:
+            for k in e[kind]:
+                if k not in keys:
+                    keys.append(k)
+        for k in sorted(keys, key=_order_key):
+            lines.append(f"| {label}: {k} | " + " | ".join(_cell(e[kind].get(k)) for e in entries) + " |")
+    unparsed = [e["unparsed"] for e in entries]
+    if any(unparsed):
+        lines += ["", "Replies with no recognisable option letter (scored wrong): "
+                  + ", ".join(f"{100 * r:g}%: {u}" for r, u in zip(rets, unparsed))]
+    if binfo["missing_videos"]:
+        shown = binfo["missing_videos"][:10]
+        lines += ["", "Missing videos: " + ", ".join(f"`{m['video']}`" for m in shown)
+                  + (f" and {n_miss - len(shown)} more" if n_miss > len(shown) else "")]
     lines.append("")
-    # --- per benchmark detail
-    for name in benches:
-        binfo = summary["benchmarks"][name]
-        lines += [f"## {binfo['title']}", ""]
-        n_q = binfo["questions"]
-        n_miss, n_bad = len(binfo["missing_videos"]), len(binfo["invalid"])
-        lines.append(f"{binfo['scored']} of {n_q} questions scored"
-                     + (f"; {n_miss} skipped (video not found)" if n_miss else "")
-                     + (f"; {n_bad} invalid annotation(s) skipped" if n_bad else "") + ".")
-        lines.append("")
-        head = ["Split"] + [f"{100 * r:g}%" for r in rets]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines.append("| **overall** | " + " | ".join(
-            _cell(summary["results"][retention_key(r)]["benchmarks"][name]) for r in rets) + " |")
-        for kind, label in (("by_duration", "duration"), ("by_category", "category")):
-            keys = []
-            for r in rets:
-                for k in summary["results"][retention_key(r)]["benchmarks"][name][kind]:
-                    if k not in keys:
-                        keys.append(k)
-            for k in sorted(keys, key=_order_key):
-                lines.append(f"| {label}: {k} | " + " | ".join(
-                    _cell(summary["results"][retention_key(r)]["benchmarks"][name][kind].get(k)) for r in rets) + " |")
-        unparsed = [summary["results"][retention_key(r)]["benchmarks"][name]["unparsed"] for r in rets]
-        if any(unparsed):
-            lines += ["", "Replies with no recognisable option letter (scored wrong): "
-                      + ", ".join(f"{100 * r:g}%: {u}" for r, u in zip(rets, unparsed))]
-        if binfo["missing_videos"]:
-            shown = binfo["missing_videos"][:10]
-            lines += ["", "Missing videos: " + ", ".join(f"`{m['video']}`" for m in shown)
-                      + (f" and {n_miss - len(shown)} more" if n_miss > len(shown) else "")]
-        lines.append("")
-    if summary["errors"]:
-        lines += ["## Errors (not scored; retried on the next run)", ""]
-        for e in summary["errors"][:20]:
-            lines.append(f"- {e['benchmark']}/{e['qid']} @ {100 * e['retention']:g}%: {e['error']}")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _cell(e: Optional[dict]) -> str:
