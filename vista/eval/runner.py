@@ -836,54 +836,67 @@ def pipeline_answer_factory(model_path, scout_path=None, device: str = "cpu", dt
     state: dict = {}
 
     def factory(retention: float) -> AnswerFn:
-        from vista.pipeline import VistaPipeline
-
         cfg = VistaConfig(retention=retention, **(config_overrides or {}))
-        pipe = state.get("pipe")
-        if pipe is None:
-            kw = {} if num_frames is None else {"num_frames": num_frames}
-            # no feature cache: each question is measured from scratch, so TTFT and peak memory
-            # stay per-question costs, comparable across retentions (see "Ask many questions")
-            kw["cache_bytes"] = 0
-            pipe = VistaPipeline(model_path, scout_path=scout_path, config=cfg, device=device, dtype=dtype, **kw)
-            state["pipe"] = pipe
-            state["dims"] = _llm_dims(pipe.model)
-        else:
-            _set_config(pipe, cfg)
-
-        def answer_fn(video: str, prompt: str, clip=None):
-            import torch
-
-            clip_ignored = clip is not None and os.path.isdir(video)
-            if clip_ignored:
-                clip = None
-            cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            if clip is None:
-                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
-            else:
-                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens, clip=clip)
-            stats = _stats_from_ask(res)
-            if clip_ignored:
-                stats["clip_ignored"] = True
-            text_tokens = _text_tokens(pipe, prompt)
-            if text_tokens is not None:
-                stats["text_tokens"] = text_tokens
-            if state.get("dims"):
-                stats["llm_dims"] = state["dims"]
-            if stats.get("tokens_before"):
-                stats["flops_ratio"] = _pipeline_flops_ratio(stats)
-            if cuda:
-                stats["peak_mem_bytes"] = float(torch.cuda.max_memory_allocated())
-            elif "peak_mem_bytes" not in stats:
-                stats["peak_mem_bytes"] = _rss_peak_bytes()
-            return str(getattr(res, "answer", res)), stats
-
-        return answer_fn
+        pipe = _pipeline_for(state, cfg, model_path, scout_path, device, dtype, num_frames)
+        return _pipeline_answer_fn(pipe, state.get("dims"), device, max_new_tokens)
 
     return factory
+
+
+def _pipeline_for(state: dict, cfg, model_path, scout_path, device, dtype, num_frames):
+    """The pipeline kept in ``state`` set to ``cfg``: loaded on first use (``state["pipe"]`` and the
+    LLM dimensions ``state["dims"]``), re-configured afterwards."""
+    from vista.pipeline import VistaPipeline
+
+    pipe = state.get("pipe")
+    if pipe is None:
+        kw = {} if num_frames is None else {"num_frames": num_frames}
+        # no feature cache: each question is measured from scratch, so TTFT and peak memory
+        # stay per-question costs, comparable across retentions (see "Ask many questions")
+        kw["cache_bytes"] = 0
+        pipe = VistaPipeline(model_path, scout_path=scout_path, config=cfg, device=device, dtype=dtype, **kw)
+        state["pipe"] = pipe
+        state["dims"] = _llm_dims(pipe.model)
+    else:
+        _set_config(pipe, cfg)
+    return pipe
+
+
+def _pipeline_answer_fn(pipe, dims: Optional[dict], device: str, max_new_tokens: int) -> AnswerFn:
+    """``answer_fn(video, prompt, clip=None)`` asking ``pipe``; its stats add to :func:`_stats_from_ask`
+    the prompt's text tokens, the LLM dimensions and FLOPs ratio, peak memory, ``clip_ignored``."""
+
+    def answer_fn(video: str, prompt: str, clip=None):
+        import torch
+
+        clip_ignored = clip is not None and os.path.isdir(video)
+        if clip_ignored:
+            clip = None
+        cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if clip is None:
+            res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
+        else:
+            res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens, clip=clip)
+        stats = _stats_from_ask(res)
+        if clip_ignored:
+            stats["clip_ignored"] = True
+        text_tokens = _text_tokens(pipe, prompt)
+        if text_tokens is not None:
+            stats["text_tokens"] = text_tokens
+        if dims:
+            stats["llm_dims"] = dims
+        if stats.get("tokens_before"):
+            stats["flops_ratio"] = _pipeline_flops_ratio(stats)
+        if cuda:
+            stats["peak_mem_bytes"] = float(torch.cuda.max_memory_allocated())
+        elif "peak_mem_bytes" not in stats:
+            stats["peak_mem_bytes"] = _rss_peak_bytes()
+        return str(getattr(res, "answer", res)), stats
+
+    return answer_fn
 
 
 def _set_config(pipe, cfg) -> None:
