@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 LETTERS = string.ascii_uppercase
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -185,30 +185,46 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
     negated letters ("not A", "isn't A", "A is wrong") are skipped; when several different lone
     letters remain, the affirmed one ("it is C") is returned, or None if none stands out ("A or B").
     """
-    if isinstance(options, int):
-        if options < 1 or options > len(LETTERS):
-            raise ValueError(f"options must be 1..{len(LETTERS)} when given as a count, got {options}")
-        n, texts = options, []
-    else:
-        n, texts = len(options), list(options)
+    n, texts = _option_count(options)
     if text is None:
         return None
     if not isinstance(text, str):
         raise TypeError(f"text must be a string, got {type(text).__name__}")
-    s = _THINK_RE.sub(" ", text)
-    s = _MARKUP_RE.sub(" ", s).strip()
+    s = _MARKUP_RE.sub(" ", _THINK_RE.sub(" ", text)).strip()
     if not s:
         return None
-
     # 1. the whole reply is one letter, possibly wrapped: "B", "(b)", "C.", "'D'"
     bare = s.strip(" \t\n\"'.,:;!()[]{}")
     if len(bare) == 1 and bare.isalpha():
         return _valid(bare, n)
+    # 2.-4. an explicit keyword, a leading label, a bracketed letter: the first valid one
+    for rule in (_keyword_letter, _leading_letter, _bracketed_letter):
+        v = rule(s, n)
+        if v:
+            return v
+    # 5. lone capital letters; 6. the text of exactly one option
+    cands = _standalone_candidates(s, n)
+    if cands:
+        return _pick(cands)
+    return _quoted_option(s, texts) if texts else None
 
-    # 2. explicit keyword: "The answer is C", "Answer: (b)", "best option: D", "option B".
-    #    Only a lowercase "a" before a word is the article here ("the answer is a man in red");
-    #    "The answer is A because ..." / "Option A is correct" name option A.  A negated letter
-    #    ("option A is wrong") is skipped.
+
+def _option_count(options: Sequence[str] | int) -> Tuple[int, List[str]]:
+    """(number of options, option texts) from ``extract_letter``'s ``options`` (texts empty for a count)."""
+    if isinstance(options, int):
+        if options < 1 or options > len(LETTERS):
+            raise ValueError(f"options must be 1..{len(LETTERS)} when given as a count, got {options}")
+        return options, []
+    return len(options), list(options)
+
+
+def _keyword_letter(s: str, n: int) -> Optional[str]:
+    """Rule 2, an explicit keyword: "The answer is C", "Answer: (b)", "best option: D", "option B".
+
+    Only a lowercase "a" before a word is the article here ("the answer is a man in red");
+    "The answer is A because ..." / "Option A is correct" name option A.  A negated letter
+    ("option A is wrong") is skipped.
+    """
     for rx in (_KEYWORD_RE, _OPTION_WORD_RE):
         for m in rx.finditer(s):
             pos = m.start(1)
@@ -217,28 +233,38 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
             v = _valid(m.group(1), n)
             if v:
                 return v
+    return None
 
-    # 3. leading label after dropping "The answer is"-like prefixes: "B. a dog", "(C) ...", "D) ..."
+
+def _leading_letter(s: str, n: int) -> Optional[str]:
+    """Rule 3, a leading label after dropping "The answer is"-like prefixes: "B. a dog", "(C) ...", "D) ..."."""
     head = _PREFIXES_RE.sub("", s, count=1)
     m = _LEADING_RE.match(head)
     if m and not _is_article(head, m.start(1)) and not _negated(head, m.start(1)):
         letter = m.group(1)
         if letter.isupper() or re.match(r"^[\s\"'\[\{\(]*[a-z]\s*[\)\]\}\.:]", head):
-            v = _valid(letter, n)
-            if v:
-                return v
+            return _valid(letter, n)
+    return None
 
-    # 4. a bracketed capital letter anywhere: "... so (C)." (not a negated one: "not (A)")
+
+def _bracketed_letter(s: str, n: int) -> Optional[str]:
+    """Rule 4, a bracketed capital letter anywhere: "... so (C)." (not a negated one: "not (A)")."""
     for m in _BRACKETED_RE.finditer(s):
         if _negated(s, m.start(1)):
             continue
         v = _valid(m.group(1), n)
         if v:
             return v
+    return None
 
-    # 5. lone capital letters that are valid options, skipping the article "A" / pronoun "I" and
-    #    negated letters ("The answer is not A, it is C"); several different letters: the one
-    #    affirmed ("it is C", "C is correct"), or None when none stands out ("A or B").
+
+def _standalone_candidates(s: str, n: int) -> List[Tuple[str, bool]]:
+    """Rule 5, lone capital letters that are valid options, as ``[(letter, affirmed), ...]``.
+
+    The article "A" / pronoun "I" and negated letters ("The answer is not A, it is C") are skipped;
+    :func:`_pick` then chooses among several different letters the one affirmed ("it is C",
+    "C is correct"), or none when none stands out ("A or B").
+    """
     cands = []
     for m in _STANDALONE_RE.finditer(s):
         pos = m.start(1)
@@ -247,17 +273,17 @@ def extract_letter(text: str, options: Sequence[str] | int) -> Optional[str]:
         v = _valid(m.group(1), n)
         if v:
             cands.append((v, _affirmed(s, pos)))
-    if cands:
-        return _pick(cands)
+    return cands
 
-    # 6. the reply quotes exactly one option's text
-    if texts:
-        body = _norm(s)
-        hits = [i for i, t in enumerate(texts) if _norm(t) and _norm(t) == body]
-        if not hits:
-            hits = [i for i, t in enumerate(texts) if _norm(t) and re.search(rf"\b{re.escape(_norm(t))}\b", body)]
-            # drop options that are contained in a longer matching option ("red" vs "red car")
-            hits = [i for i in hits if not any(j != i and _norm(texts[i]) in _norm(texts[j]) for j in hits)]
-        if len(hits) == 1:
-            return LETTERS[hits[0]]
+
+def _quoted_option(s: str, texts: Sequence[str]) -> Optional[str]:
+    """Rule 6, the reply quotes exactly one option's text (the whole reply, else a word-bounded part)."""
+    body = _norm(s)
+    hits = [i for i, t in enumerate(texts) if _norm(t) and _norm(t) == body]
+    if not hits:
+        hits = [i for i, t in enumerate(texts) if _norm(t) and re.search(rf"\b{re.escape(_norm(t))}\b", body)]
+        # drop options that are contained in a longer matching option ("red" vs "red car")
+        hits = [i for i in hits if not any(j != i and _norm(texts[i]) in _norm(texts[j]) for j in hits)]
+    if len(hits) == 1:
+        return LETTERS[hits[0]]
     return None

@@ -135,21 +135,25 @@ class Benchmark:
 # helpers
 # ---------------------------------------------------------------------------------------------
 
-def _need_dir(path, arg: str) -> Path:
-    if path is None:
-        raise ValueError(f"{arg} is required")
+def _existing(path, arg: str) -> Path:
+    """``path`` (``~`` expanded), which must exist; ``arg`` names it in the error."""
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"{arg}: {p} does not exist")
+    return p
+
+
+def _need_dir(path, arg: str) -> Path:
+    if path is None:
+        raise ValueError(f"{arg} is required")
+    p = _existing(path, arg)
     if not p.is_dir():
         raise NotADirectoryError(f"{arg}: {p} is not a directory")
     return p
 
 
 def _need_file(path, arg: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"{arg}: {p} does not exist")
+    p = _existing(path, arg)
     if not p.is_file():
         raise ValueError(f"{arg}: {p} is not a file")
     return p

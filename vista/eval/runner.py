@@ -441,6 +441,8 @@ def run_sweep(benchmarks: Sequence[Benchmark], retentions, make_answer_fn: Answe
 
 def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_style: str, progress: bool,
            fail_fast: bool) -> SweepResult:
+    """The sweep once ``cache`` is open: warn about missing videos and stale cache records, then one
+    pass per retention (see :func:`_sweep_retention`)."""
     result = SweepResult(retentions, list(benchmarks), {}, meta=cache.meta)
     result.cache_problems = list(cache.problems)
     samples = [s for b in benchmarks for s in b.samples]
@@ -450,7 +452,16 @@ def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_
             warnings.warn(f"{b.title}: {len(b.missing)} question(s) skipped, video not found "
                           f"(e.g. {b.missing[0].extra.get('video_ref', b.missing[0].video)}); "
                           f"they are reported, not counted")
-    # a cached record is reused only when it was written for this very question (same fingerprint)
+    valid = _reusable_records(cache, samples, fingerprints, retentions)
+    for r in retentions:
+        _sweep_retention(result, samples, r, valid, make_answer_fn, cache, prompt_style, progress, fail_fast)
+    return result
+
+
+def _reusable_records(cache: "ResultCache", samples: List[Sample], fingerprints: List[str],
+                      retentions: List[float]) -> Dict[str, dict]:
+    """key -> cached record, for the records written for this very question (same fingerprint); warns
+    about the others (no fingerprint: an older version; another fingerprint: another annotation)."""
     valid = {}
     n_unmarked = n_changed = 0
     for r in retentions:
@@ -471,55 +482,78 @@ def _sweep(benchmarks, retentions, make_answer_fn, cache: "ResultCache", prompt_
         warnings.warn(f"cache: {n_changed} cached record(s) in {cache.path} were for a different question "
                       f"(same benchmark/qid, but another question, options, answer or video: another "
                       f"annotation file?); they are recomputed")
-    for r in retentions:
-        pending = [s for s in samples if sample_key(s, r) not in valid]
-        for s in samples:
-            if sample_key(s, r) in valid:
-                result.records[sample_key(s, r)] = valid[sample_key(s, r)]
-        done = [result.records[sample_key(s, r)] for s in samples if sample_key(s, r) in result.records]
-        n_correct = sum(1 for rec in done if rec["correct"])
-        n_done = len(done)
-        if not pending:
-            continue
-        answer_fn = make_answer_fn(r)
-        if not callable(answer_fn):
-            raise TypeError(f"make_answer_fn({r}) must return a callable answer_fn(video, prompt)")
-        takes_clip = accepts_clip(answer_fn)
-        n_clipped = sum(1 for s in pending if sample_clip(s) is not None)
-        if n_clipped and not takes_clip:
-            warnings.warn(f"{n_clipped} question(s) give a time range (start/end) but answer_fn takes no "
-                          f"clip= keyword; they are answered on the whole video")
-        bar = _progress(len(samples), n_done, f"retention {retention_key(r)}", progress)
-        try:
-            for s in pending:
-                prompt = build_prompt(s.question, s.options, prompt_style)
-                t0 = time.perf_counter()
-                clip = sample_clip(s) if takes_clip else None
-                try:
-                    if clip is None:
-                        text, stats = answer_fn(s.video, prompt)
-                    else:
-                        text, stats = answer_fn(s.video, prompt, clip=clip)
-                    rec = _score(s, r, text, stats, prompt, clip)
-                except Exception as e:  # noqa: BLE001 - one bad video must not end a long sweep
-                    if fail_fast:
-                        raise
-                    result.errors.append({"key": sample_key(s, r), "benchmark": s.benchmark, "qid": s.qid,
-                                          "retention": r, "video": s.video, "error": f"{type(e).__name__}: {e}"})
-                    warnings.warn(f"{s.benchmark}/{s.qid} at retention {r}: {type(e).__name__}: {e}")
-                    bar.update(1)
-                    continue
-                rec["stats"].setdefault("latency_s", time.perf_counter() - t0)
-                cache.add(rec)
-                result.records[rec["key"]] = rec
-                result.computed += 1
-                n_done += 1
-                n_correct += bool(rec["correct"])
-                bar.set_postfix_str(f"acc {100.0 * n_correct / n_done:.1f}%")
+    return valid
+
+
+def _sweep_retention(result: SweepResult, samples: List[Sample], r: float, valid: Dict[str, dict],
+                     make_answer_fn: AnswerFnFactory, cache: "ResultCache", prompt_style: str, progress: bool,
+                     fail_fast: bool) -> None:
+    """One retention: take its reusable records into ``result``, then answer, score and cache the
+    other samples one by one (the progress bar starts at the cached count and shows the accuracy)."""
+    pending = [s for s in samples if sample_key(s, r) not in valid]
+    for s in samples:
+        if sample_key(s, r) in valid:
+            result.records[sample_key(s, r)] = valid[sample_key(s, r)]
+    done = [result.records[sample_key(s, r)] for s in samples if sample_key(s, r) in result.records]
+    n_correct = sum(1 for rec in done if rec["correct"])
+    n_done = len(done)
+    if not pending:
+        return
+    answer_fn, takes_clip = _answer_fn_for(make_answer_fn, r, pending)
+    bar = _progress(len(samples), n_done, f"retention {retention_key(r)}", progress)
+    try:
+        for s in pending:
+            rec = _answer_sample(result, s, r, answer_fn, takes_clip, prompt_style, fail_fast)
+            if rec is None:  # the call failed: reported in result.errors
                 bar.update(1)
-        finally:
-            bar.close()
-    return result
+                continue
+            cache.add(rec)
+            result.records[rec["key"]] = rec
+            result.computed += 1
+            n_done += 1
+            n_correct += bool(rec["correct"])
+            bar.set_postfix_str(f"acc {100.0 * n_correct / n_done:.1f}%")
+            bar.update(1)
+    finally:
+        bar.close()
+
+
+def _answer_fn_for(make_answer_fn: AnswerFnFactory, r: float, pending: List[Sample]) -> Tuple[AnswerFn, bool]:
+    """(the answer function for retention ``r``, whether it takes ``clip=``); warns when it does not
+    but some pending samples give a time range."""
+    answer_fn = make_answer_fn(r)
+    if not callable(answer_fn):
+        raise TypeError(f"make_answer_fn({r}) must return a callable answer_fn(video, prompt)")
+    takes_clip = accepts_clip(answer_fn)
+    n_clipped = sum(1 for s in pending if sample_clip(s) is not None)
+    if n_clipped and not takes_clip:
+        warnings.warn(f"{n_clipped} question(s) give a time range (start/end) but answer_fn takes no "
+                      f"clip= keyword; they are answered on the whole video")
+    return answer_fn, takes_clip
+
+
+def _answer_sample(result: SweepResult, s: Sample, r: float, answer_fn: AnswerFn, takes_clip: bool,
+                   prompt_style: str, fail_fast: bool) -> Optional[dict]:
+    """The scored record of one sample (with its ``latency_s``), or None when the call raised: then
+    the error goes to ``result.errors`` and a warning (or is raised again with ``fail_fast``)."""
+    prompt = build_prompt(s.question, s.options, prompt_style)
+    t0 = time.perf_counter()
+    clip = sample_clip(s) if takes_clip else None
+    try:
+        if clip is None:
+            text, stats = answer_fn(s.video, prompt)
+        else:
+            text, stats = answer_fn(s.video, prompt, clip=clip)
+        rec = _score(s, r, text, stats, prompt, clip)
+    except Exception as e:  # noqa: BLE001 - one bad video must not end a long sweep
+        if fail_fast:
+            raise
+        result.errors.append({"key": sample_key(s, r), "benchmark": s.benchmark, "qid": s.qid,
+                              "retention": r, "video": s.video, "error": f"{type(e).__name__}: {e}"})
+        warnings.warn(f"{s.benchmark}/{s.qid} at retention {r}: {type(e).__name__}: {e}")
+        return None
+    rec["stats"].setdefault("latency_s", time.perf_counter() - t0)
+    return rec
 
 
 class _NoBar:
@@ -589,39 +623,52 @@ def summarize(result: SweepResult) -> dict:
         }
     paired: Dict[str, Dict[str, Dict[str, dict]]] = {}  # retention key -> benchmark -> qid -> record
     for r in result.retentions:
-        per = {}
-        all_recs = []
-        for b in result.benchmarks:
-            recs = [result.records[k] for k in (sample_key(s, r) for s in b.samples) if k in result.records]
-            paired.setdefault(retention_key(r), {})[b.name] = {x["qid"]: x for x in recs}
-            all_recs += recs
-            entry = _acc(recs)
-            entry["unparsed"] = sum(1 for x in recs if x.get("pred") is None)
-            entry["by_category"] = _group(recs, "category")
-            entry["by_duration"] = _group(recs, "duration")
-            entry["pending"] = len(b.samples) - len(recs)
-            per[b.name] = entry
-        accs = [e["accuracy"] for e in per.values()]
-        row = {
-            "benchmarks": per,
-            "average": _mean(accs) if all(a is not None for a in accs) else None,
-            "flops_ratio": _mean(x["stats"].get("flops_ratio") for x in all_recs),
-            "ttft_s": _mean(x["stats"].get("ttft_s") for x in all_recs),
-            "latency_s": _mean(x["stats"].get("latency_s") for x in all_recs),
-            "peak_mem_bytes": max((x["stats"]["peak_mem_bytes"] for x in all_recs
-                                   if x["stats"].get("peak_mem_bytes") is not None), default=None),
-            "tokens_before": _mean(x["stats"].get("tokens_before") for x in all_recs),
-            "tokens_after": _mean(x["stats"].get("tokens_after") for x in all_recs),
-            "errors": sum(1 for e in result.errors if e["retention"] == r),
-        }
-        out["results"][retention_key(r)] = row
-    # Relative accuracy compares retention r with retention 1.0 on the same questions: those that
-    # have a record at both (a question that failed at one of them would otherwise make the two
-    # accuracies cover different sets).  ``relative_n`` gives the number of questions used.
+        out["results"][retention_key(r)] = _retention_row(result, r, paired.setdefault(retention_key(r), {}))
+    _add_relative(out["results"], paired)
+    return out
+
+
+def _retention_row(result: SweepResult, r: float, paired: Dict[str, Dict[str, dict]]) -> dict:
+    """The summary row of retention ``r``: accuracy per benchmark and on average, mean costs, errors.
+    Fills ``paired`` (benchmark -> qid -> record) for the relative accuracy."""
+    per = {}
+    all_recs = []
+    for b in result.benchmarks:
+        recs = [result.records[k] for k in (sample_key(s, r) for s in b.samples) if k in result.records]
+        paired[b.name] = {x["qid"]: x for x in recs}
+        all_recs += recs
+        entry = _acc(recs)
+        entry["unparsed"] = sum(1 for x in recs if x.get("pred") is None)
+        entry["by_category"] = _group(recs, "category")
+        entry["by_duration"] = _group(recs, "duration")
+        entry["pending"] = len(b.samples) - len(recs)
+        per[b.name] = entry
+    accs = [e["accuracy"] for e in per.values()]
+    return {
+        "benchmarks": per,
+        "average": _mean(accs) if all(a is not None for a in accs) else None,
+        "flops_ratio": _mean(x["stats"].get("flops_ratio") for x in all_recs),
+        "ttft_s": _mean(x["stats"].get("ttft_s") for x in all_recs),
+        "latency_s": _mean(x["stats"].get("latency_s") for x in all_recs),
+        "peak_mem_bytes": max((x["stats"]["peak_mem_bytes"] for x in all_recs
+                               if x["stats"].get("peak_mem_bytes") is not None), default=None),
+        "tokens_before": _mean(x["stats"].get("tokens_before") for x in all_recs),
+        "tokens_after": _mean(x["stats"].get("tokens_after") for x in all_recs),
+        "errors": sum(1 for e in result.errors if e["retention"] == r),
+    }
+
+
+def _add_relative(results: Dict[str, dict], paired: Dict[str, Dict[str, Dict[str, dict]]]) -> None:
+    """Set ``relative`` and ``relative_n`` in every row of ``results`` (None without retention 1.0).
+
+    Relative accuracy compares retention r with retention 1.0 on the same questions: those that
+    have a record at both (a question that failed at one of them would otherwise make the two
+    accuracies cover different sets).  ``relative_n`` gives the number of questions used.
+    """
     base_key = retention_key(1.0)
-    for key, row in out["results"].items():
+    for key, row in results.items():
         rel = rel_n = None
-        if base_key in out["results"]:
+        if base_key in results:
             rel, rel_n = {}, {}
             accs_r, accs_b = [], []
             for name in row["benchmarks"]:
@@ -639,22 +686,43 @@ def summarize(result: SweepResult) -> dict:
             rel_n["average"] = sum(v for v in rel_n.values())
         row["relative"] = rel
         row["relative_n"] = rel_n
-    return out
 
 
 def _pct(v, digits=2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+_TABLE_NOTE = ("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep), "
+               "on the questions answered at both retentions. "
+               "Prefill FLOPs ratio: LLM prefill FLOPs with pruning / without (visual + text tokens), mean over "
+               "questions. TTFT: video decode to first generated token, mean; Latency: whole call, mean. "
+               "Peak mem: the largest of the per-question peaks (CUDA: max allocated; CPU: the process's peak RSS).")
+
+
 def render_markdown(summary: dict) -> str:
+    """``results.md``: the run's description, the main table (one row per retention, laid out like
+    the paper's Tables 1-2) and its note, a section per benchmark, the errors."""
     meta = summary.get("meta", {})
-    rets = summary["retentions"]
-    benches = list(summary["benchmarks"])
     lines = ["# Vista-LLM evaluation", ""]
     info = [f"{k}: `{meta[k]}`" for k in ("model", "scout", "prompt_style", "max_new_tokens", "device") if meta.get(k)]
     if info:
         lines += ["; ".join(info), ""]
-    # --- main table, laid out like the paper's Tables 1-2
+    lines += _main_table(summary)
+    lines += ["", _TABLE_NOTE, ""]
+    for name in summary["benchmarks"]:
+        lines += _benchmark_section(summary, name)
+    if summary["errors"]:
+        lines += ["## Errors (not scored; retried on the next run)", ""]
+        for e in summary["errors"][:20]:
+            lines.append(f"- {e['benchmark']}/{e['qid']} @ {100 * e['retention']:g}%: {e['error']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _main_table(summary: dict) -> List[str]:
+    """The main table's lines: per retention the FLOPs ratio, each benchmark's accuracy (Video-MME
+    also per duration class), the average, its relative %, TTFT, latency and peak memory."""
+    benches = list(summary["benchmarks"])
     head = ["Retention", "Prefill FLOPs ratio"]
     for name in benches:
         title = summary["benchmarks"][name]["title"]
@@ -663,8 +731,8 @@ def render_markdown(summary: dict) -> str:
             head += [f"{title} {d}" for d in durs]
         head.append(title)
     head += ["Average", "Rel. %", "TTFT (s)", "Latency (s)", "Peak mem (GB)"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rets:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["retentions"]:
         row = summary["results"][retention_key(r)]
         cells = [f"{100 * r:g}%", "–" if row["flops_ratio"] is None else f"{100 * row['flops_ratio']:.1f}%"]
         for name in benches:
@@ -677,51 +745,43 @@ def render_markdown(summary: dict) -> str:
                   _pct(row["latency_s"], 3),
                   "–" if row["peak_mem_bytes"] is None else f"{row['peak_mem_bytes'] / 1e9:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _benchmark_section(summary: dict, name: str) -> List[str]:
+    """One benchmark's section: questions scored/skipped, a table of accuracy per split (overall,
+    each duration class and category) and retention, unparsed replies, missing videos."""
+    rets = summary["retentions"]
+    binfo = summary["benchmarks"][name]
+    entries = [summary["results"][retention_key(r)]["benchmarks"][name] for r in rets]
+    lines = [f"## {binfo['title']}", ""]
+    n_q = binfo["questions"]
+    n_miss, n_bad = len(binfo["missing_videos"]), len(binfo["invalid"])
+    lines.append(f"{binfo['scored']} of {n_q} questions scored"
+                 + (f"; {n_miss} skipped (video not found)" if n_miss else "")
+                 + (f"; {n_bad} invalid annotation(s) skipped" if n_bad else "") + ".")
     lines.append("")
-    lines.append("Accuracy in %. Rel. % = average accuracy relative to retention 100% (needs 1.0 in the sweep), "
-                 "on the questions answered at both retentions. "
-                 "Prefill FLOPs ratio: LLM prefill FLOPs with pruning / without (visual + text tokens), mean over "
-                 "questions. TTFT: video decode to first generated token, mean; Latency: whole call, mean. "
-                 "Peak mem: the largest of the per-question peaks (CUDA: max allocated; CPU: the process's peak RSS).")
+    head = ["Split"] + [f"{100 * r:g}%" for r in rets]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines.append("| **overall** | " + " | ".join(_cell(e) for e in entries) + " |")
+    for kind, label in (("by_duration", "duration"), ("by_category", "category")):
+        keys = []
+        for e in entries:
+            for k in e[kind]:
+                if k not in keys:
+                    keys.append(k)
+        for k in sorted(keys, key=_order_key):
+            lines.append(f"| {label}: {k} | " + " | ".join(_cell(e[kind].get(k)) for e in entries) + " |")
+    unparsed = [e["unparsed"] for e in entries]
+    if any(unparsed):
+        lines += ["", "Replies with no recognisable option letter (scored wrong): "
+                  + ", ".join(f"{100 * r:g}%: {u}" for r, u in zip(rets, unparsed))]
+    if binfo["missing_videos"]:
+        shown = binfo["missing_videos"][:10]
+        lines += ["", "Missing videos: " + ", ".join(f"`{m['video']}`" for m in shown)
+                  + (f" and {n_miss - len(shown)} more" if n_miss > len(shown) else "")]
     lines.append("")
-    # --- per benchmark detail
-    for name in benches:
-        binfo = summary["benchmarks"][name]
-        lines += [f"## {binfo['title']}", ""]
-        n_q = binfo["questions"]
-        n_miss, n_bad = len(binfo["missing_videos"]), len(binfo["invalid"])
-        lines.append(f"{binfo['scored']} of {n_q} questions scored"
-                     + (f"; {n_miss} skipped (video not found)" if n_miss else "")
-                     + (f"; {n_bad} invalid annotation(s) skipped" if n_bad else "") + ".")
-        lines.append("")
-        head = ["Split"] + [f"{100 * r:g}%" for r in rets]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines.append("| **overall** | " + " | ".join(
-            _cell(summary["results"][retention_key(r)]["benchmarks"][name]) for r in rets) + " |")
-        for kind, label in (("by_duration", "duration"), ("by_category", "category")):
-            keys = []
-            for r in rets:
-                for k in summary["results"][retention_key(r)]["benchmarks"][name][kind]:
-                    if k not in keys:
-                        keys.append(k)
-            for k in sorted(keys, key=_order_key):
-                lines.append(f"| {label}: {k} | " + " | ".join(
-                    _cell(summary["results"][retention_key(r)]["benchmarks"][name][kind].get(k)) for r in rets) + " |")
-        unparsed = [summary["results"][retention_key(r)]["benchmarks"][name]["unparsed"] for r in rets]
-        if any(unparsed):
-            lines += ["", "Replies with no recognisable option letter (scored wrong): "
-                      + ", ".join(f"{100 * r:g}%: {u}" for r, u in zip(rets, unparsed))]
-        if binfo["missing_videos"]:
-            shown = binfo["missing_videos"][:10]
-            lines += ["", "Missing videos: " + ", ".join(f"`{m['video']}`" for m in shown)
-                      + (f" and {n_miss - len(shown)} more" if n_miss > len(shown) else "")]
-        lines.append("")
-    if summary["errors"]:
-        lines += ["## Errors (not scored; retried on the next run)", ""]
-        for e in summary["errors"][:20]:
-            lines.append(f"- {e['benchmark']}/{e['qid']} @ {100 * e['retention']:g}%: {e['error']}")
-        lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _cell(e: Optional[dict]) -> str:
@@ -776,54 +836,67 @@ def pipeline_answer_factory(model_path, scout_path=None, device: str = "cpu", dt
     state: dict = {}
 
     def factory(retention: float) -> AnswerFn:
-        from vista.pipeline import VistaPipeline
-
         cfg = VistaConfig(retention=retention, **(config_overrides or {}))
-        pipe = state.get("pipe")
-        if pipe is None:
-            kw = {} if num_frames is None else {"num_frames": num_frames}
-            # no feature cache: each question is measured from scratch, so TTFT and peak memory
-            # stay per-question costs, comparable across retentions (see "Ask many questions")
-            kw["cache_bytes"] = 0
-            pipe = VistaPipeline(model_path, scout_path=scout_path, config=cfg, device=device, dtype=dtype, **kw)
-            state["pipe"] = pipe
-            state["dims"] = _llm_dims(pipe.model)
-        else:
-            _set_config(pipe, cfg)
-
-        def answer_fn(video: str, prompt: str, clip=None):
-            import torch
-
-            clip_ignored = clip is not None and os.path.isdir(video)
-            if clip_ignored:
-                clip = None
-            cuda = str(device).startswith("cuda") and torch.cuda.is_available()
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            if clip is None:
-                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
-            else:
-                res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens, clip=clip)
-            stats = _stats_from_ask(res)
-            if clip_ignored:
-                stats["clip_ignored"] = True
-            text_tokens = _text_tokens(pipe, prompt)
-            if text_tokens is not None:
-                stats["text_tokens"] = text_tokens
-            if state.get("dims"):
-                stats["llm_dims"] = state["dims"]
-            if stats.get("tokens_before"):
-                stats["flops_ratio"] = _pipeline_flops_ratio(stats)
-            if cuda:
-                stats["peak_mem_bytes"] = float(torch.cuda.max_memory_allocated())
-            elif "peak_mem_bytes" not in stats:
-                stats["peak_mem_bytes"] = _rss_peak_bytes()
-            return str(getattr(res, "answer", res)), stats
-
-        return answer_fn
+        pipe = _pipeline_for(state, cfg, model_path, scout_path, device, dtype, num_frames)
+        return _pipeline_answer_fn(pipe, state.get("dims"), device, max_new_tokens)
 
     return factory
+
+
+def _pipeline_for(state: dict, cfg, model_path, scout_path, device, dtype, num_frames):
+    """The pipeline kept in ``state`` set to ``cfg``: loaded on first use (``state["pipe"]`` and the
+    LLM dimensions ``state["dims"]``), re-configured afterwards."""
+    from vista.pipeline import VistaPipeline
+
+    pipe = state.get("pipe")
+    if pipe is None:
+        kw = {} if num_frames is None else {"num_frames": num_frames}
+        # no feature cache: each question is measured from scratch, so TTFT and peak memory
+        # stay per-question costs, comparable across retentions (see "Ask many questions")
+        kw["cache_bytes"] = 0
+        pipe = VistaPipeline(model_path, scout_path=scout_path, config=cfg, device=device, dtype=dtype, **kw)
+        state["pipe"] = pipe
+        state["dims"] = _llm_dims(pipe.model)
+    else:
+        _set_config(pipe, cfg)
+    return pipe
+
+
+def _pipeline_answer_fn(pipe, dims: Optional[dict], device: str, max_new_tokens: int) -> AnswerFn:
+    """``answer_fn(video, prompt, clip=None)`` asking ``pipe``; its stats add to :func:`_stats_from_ask`
+    the prompt's text tokens, the LLM dimensions and FLOPs ratio, peak memory, ``clip_ignored``."""
+
+    def answer_fn(video: str, prompt: str, clip=None):
+        import torch
+
+        clip_ignored = clip is not None and os.path.isdir(video)
+        if clip_ignored:
+            clip = None
+        cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if clip is None:
+            res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens)
+        else:
+            res = pipe.ask(video, prompt, max_new_tokens=max_new_tokens, clip=clip)
+        stats = _stats_from_ask(res)
+        if clip_ignored:
+            stats["clip_ignored"] = True
+        text_tokens = _text_tokens(pipe, prompt)
+        if text_tokens is not None:
+            stats["text_tokens"] = text_tokens
+        if dims:
+            stats["llm_dims"] = dims
+        if stats.get("tokens_before"):
+            stats["flops_ratio"] = _pipeline_flops_ratio(stats)
+        if cuda:
+            stats["peak_mem_bytes"] = float(torch.cuda.max_memory_allocated())
+        elif "peak_mem_bytes" not in stats:
+            stats["peak_mem_bytes"] = _rss_peak_bytes()
+        return str(getattr(res, "answer", res)), stats
+
+    return answer_fn
 
 
 def _set_config(pipe, cfg) -> None:

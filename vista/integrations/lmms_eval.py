@@ -87,6 +87,57 @@ def _visual_kind(v) -> str:
     raise TypeError(f"vista: a visual must be a video path, a frame folder or a PIL image, got {type(v).__name__}: {v!r:.80}")
 
 
+def _check_model_args(pretrained, retention, batch_size, max_new_tokens, max_side, kwargs: dict):
+    """(batch size, VistaConfig) from :class:`VistaLMMS`'s model_args; every bad value is a one-line error."""
+    unknown = sorted(k for k in kwargs if k not in _CONFIG_KEYS)
+    if unknown:
+        raise TypeError(f"vista: unknown model_args {unknown}; known: pretrained, retention, scout, num_frames, "
+                        f"device, dtype, batch_size, attn_implementation, max_new_tokens, max_side, stats_path, "
+                        f"skip_bad_videos, {', '.join(_CONFIG_KEYS)}")
+    if not pretrained:
+        raise ValueError("vista: model_args needs pretrained=<local checkpoint directory>")
+    if isinstance(retention, bool) or not isinstance(retention, (int, float)):
+        raise ValueError(f"vista: retention must be a number in (0, 1], got {retention!r}")
+    try:
+        bs = int(batch_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"vista: batch_size must be a positive integer (auto is not supported), got {batch_size!r}") from None
+    if bs < 1:
+        raise ValueError(f"vista: batch_size must be >= 1, got {batch_size!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"vista: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"vista: max_side must be an integer >= 1, got {max_side!r}")
+    cfg_fields = {k: kwargs[k] for k in _CONFIG_KEYS if k in kwargs}
+    return bs, VistaConfig(retention=float(retention), **cfg_fields)
+
+
+def _accelerator_and_device(device: Optional[str]):
+    """(accelerate's ``Accelerator``, this process's device): ``device`` if given (``cuda`` becomes
+    ``cuda:<local rank>`` under data parallelism), else the accelerator's, else cuda / cpu."""
+    from accelerate import Accelerator
+
+    # cpu=True without CUDA: a torchrun / `accelerate launch` environment then sets up gloo data
+    # parallelism across CPU processes (accelerate otherwise treats each one as a lone process)
+    use_cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=use_cpu)
+    env_world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if env_world != accelerator.num_processes:
+        raise RuntimeError(
+            f"vista: WORLD_SIZE={env_world} but accelerate set up {accelerator.num_processes} process(es); "
+            "without GPUs launch with ACCELERATE_USE_CPU=1 (e.g. ACCELERATE_USE_CPU=1 torchrun "
+            "--nproc_per_node N -m lmms_eval ...) so that every process takes its own shard"
+        )
+    if device is None:
+        if accelerator.num_processes > 1 or accelerator.device.type != "cpu":
+            device = str(accelerator.device)
+        else:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif accelerator.num_processes > 1 and str(device).startswith("cuda") and ":" not in str(device):
+        device = f"cuda:{accelerator.local_process_index}"  # one GPU per process
+    return accelerator, device
+
+
 class VistaLMMS(lmms):
     """lmms-eval model: a LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL checkpoint with Vista pruning.
 
@@ -103,49 +154,9 @@ class VistaLMMS(lmms):
                  max_side: Optional[int] = None, stats_path: Optional[str] = None, skip_bad_videos=False,
                  max_batch_size=None, **kwargs) -> None:
         super().__init__()
-        unknown = sorted(k for k in kwargs if k not in _CONFIG_KEYS)
-        if unknown:
-            raise TypeError(f"vista: unknown model_args {unknown}; known: pretrained, retention, scout, num_frames, "
-                            f"device, dtype, batch_size, attn_implementation, max_new_tokens, max_side, stats_path, "
-                            f"skip_bad_videos, {', '.join(_CONFIG_KEYS)}")
-        if not pretrained:
-            raise ValueError("vista: model_args needs pretrained=<local checkpoint directory>")
-        if isinstance(retention, bool) or not isinstance(retention, (int, float)):
-            raise ValueError(f"vista: retention must be a number in (0, 1], got {retention!r}")
-        try:
-            bs = int(batch_size)
-        except (TypeError, ValueError):
-            raise ValueError(f"vista: batch_size must be a positive integer (auto is not supported), got {batch_size!r}") from None
-        if bs < 1:
-            raise ValueError(f"vista: batch_size must be >= 1, got {batch_size!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"vista: max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
-            raise ValueError(f"vista: max_side must be an integer >= 1, got {max_side!r}")
-        cfg_fields = {k: kwargs[k] for k in _CONFIG_KEYS if k in kwargs}
-        config = VistaConfig(retention=float(retention), **cfg_fields)
-
-        from accelerate import Accelerator
-
-        # cpu=True without CUDA: a torchrun / `accelerate launch` environment then sets up gloo data
-        # parallelism across CPU processes (accelerate otherwise treats each one as a lone process)
-        use_cpu = (device is not None and str(device).startswith("cpu")) or not torch.cuda.is_available()
-        accelerator = Accelerator(cpu=use_cpu)
+        bs, config = _check_model_args(pretrained, retention, batch_size, max_new_tokens, max_side, kwargs)
+        accelerator, device = _accelerator_and_device(device)
         self.accelerator = accelerator
-        env_world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if env_world != accelerator.num_processes:
-            raise RuntimeError(
-                f"vista: WORLD_SIZE={env_world} but accelerate set up {accelerator.num_processes} process(es); "
-                "without GPUs launch with ACCELERATE_USE_CPU=1 (e.g. ACCELERATE_USE_CPU=1 torchrun "
-                "--nproc_per_node N -m lmms_eval ...) so that every process takes its own shard"
-            )
-        if device is None:
-            if accelerator.num_processes > 1 or accelerator.device.type != "cpu":
-                device = str(accelerator.device)
-            else:
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif accelerator.num_processes > 1 and str(device).startswith("cuda") and ":" not in str(device):
-            device = f"cuda:{accelerator.local_process_index}"  # one GPU per process
         self.pipe = VistaPipeline(pretrained, scout_path=scout, config=config, device=device, dtype=dtype,
                                   num_frames=num_frames, attn_implementation=attn_implementation)
         self._model = self.pipe.model
@@ -267,8 +278,41 @@ class VistaLMMS(lmms):
         from ..models import last_prune_info
 
         gkw, until = self._gen_kwargs(gen_kwargs)
-        texts, videos, images = [], [], []
         t0 = time.perf_counter()
+        texts, videos, images = self._decode_items(items)
+        decode_s = time.perf_counter() - t0
+        batch = self._encode(texts, videos, images)
+        questions = [it["question"] for it in items for kind in it["kinds"] if kind == "video"]
+        extra = {"question": questions} if questions else {}
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else self.eot_token_id
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            out = self._model.generate(**batch, pad_token_id=pad, **gkw, **extra)
+        gen_s = time.perf_counter() - t1
+        out = getattr(out, "sequences", out)
+        prompt_len = batch["input_ids"].shape[1]
+        new = out[:, prompt_len:]
+        answers = tok.batch_decode(new, skip_special_tokens=True)
+        records = list(last_prune_info(self._model) or []) if videos else []
+        n_videos = len(videos)
+        if records and len(records) != n_videos:  # e.g. beam expansion: per-sample counts unknown
+            records = []
+        timing = {"decode_s": round(decode_s, 6), "batch_generate_s": round(gen_s, 6), "batch_size": len(items)}
+        results, k = [], 0
+        for row, (it, ans) in enumerate(zip(items, answers)):
+            for term in until:
+                ans = ans.split(term)[0]
+            n_v = it["kinds"].count("video")
+            recs = records[k:k + n_v] if records else []
+            k += n_v
+            results.append(self._row_result(batch, row, it, ans.strip(), recs, new, pad, timing))
+        return results
+
+    def _decode_items(self, items: List[dict]) -> Tuple[List[str], list, list]:
+        """(chat-formatted texts, decoded videos' frames, RGB images) of ``items``; records each
+        video's frame count in its item's ``frames``."""
+        texts, videos, images = [], [], []
         for it in items:
             texts.append(self._messages_text(it["context"], it["kinds"]))
             for v, kind in zip(it["visuals"], it["kinds"]):
@@ -278,7 +322,10 @@ class VistaLMMS(lmms):
                     videos.append(vid.frames)
                 else:
                     images.append(v.convert("RGB"))
-        decode_s = time.perf_counter() - t0
+        return texts, videos, images
+
+    def _encode(self, texts: List[str], videos: list, images: list) -> Dict[str, Any]:
+        """The processor's left-padded batch, tensors on the model's device (floats in its dtype)."""
         proc_kw: Dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
         if videos:
             proc_kw["videos"] = videos
@@ -299,54 +346,37 @@ class VistaLMMS(lmms):
                 if v.is_floating_point() and dtype is not None:
                     v = v.to(dtype)
             batch[k] = v
-        questions = [it["question"] for it in items for kind in it["kinds"] if kind == "video"]
-        extra = {"question": questions} if questions else {}
-        pad = tok.pad_token_id if tok.pad_token_id is not None else self.eot_token_id
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            out = self._model.generate(**batch, pad_token_id=pad, **gkw, **extra)
-        gen_s = time.perf_counter() - t1
-        out = getattr(out, "sequences", out)
-        prompt_len = batch["input_ids"].shape[1]
-        new = out[:, prompt_len:]
-        answers = tok.batch_decode(new, skip_special_tokens=True)
-        records = list(last_prune_info(self._model) or []) if videos else []
-        n_videos = len(videos)
-        if records and len(records) != n_videos:  # e.g. beam expansion: per-sample counts unknown
-            records = []
+        return batch
+
+    def _row_result(self, batch: Dict[str, Any], row: int, it: dict, ans: str, recs: List[dict],
+                    new: torch.Tensor, pad, timing: dict):
+        """The ``GenerationResult`` of batch row ``row`` (answer ``ans``, its videos' prune records
+        ``recs``); logs its statistics (visual tokens before/after pruning, token counts, timings)."""
+        n_v = it["kinds"].count("video")
+        mask = batch.get("attention_mask")
+        row_ids = batch["input_ids"][row]
+        if mask is not None:
+            row_ids = row_ids[mask[row].bool()]
         vid_id = _video_token_id(self._model)
-        results, k = [], 0
-        for row, (it, ans) in enumerate(zip(items, answers)):
-            for term in until:
-                ans = ans.split(term)[0]
-            ans = ans.strip()
-            n_v = it["kinds"].count("video")
-            recs = records[k:k + n_v] if records else []
-            k += n_v
-            mask = batch.get("attention_mask")
-            row_ids = batch["input_ids"][row]
-            if mask is not None:
-                row_ids = row_ids[mask[row].bool()]
-            after = int((row_ids == vid_id).sum()) if vid_id is not None and n_v else 0
-            removed = sum(int(r["pruned"].keep.numel()) - int(r["pruned"].num_tokens) for r in recs)
-            if recs and self.pipe.config.newline == "none" and _family(self._model) == "llava_onevision":
-                removed += len(recs)
-            n_new = int((new[row] != pad).sum()) if new.shape[1] else 0
-            stats = {
-                "task": it["task"], "doc_id": it["doc_id"], "rank": self._rank,
-                "visuals": [os.fspath(v) if isinstance(v, (str, os.PathLike)) else "<image>" for v in it["visuals"]],
-                "frames": it.get("frames", []),
-                "retention": self.pipe.config.retention,
-                "tokens_before": after + removed, "tokens_after": after,
-                "prompt_tokens": int(row_ids.numel()), "new_tokens": n_new,
-                "prune_s": round(sum(float(r["timings"].get("prune_s", 0.0)) for r in recs), 6),
-                "scout_s": round(sum(float(r["timings"].get("scout_s", 0.0)) for r in recs), 6),
-                "decode_s": round(decode_s, 6), "batch_generate_s": round(gen_s, 6), "batch_size": len(items),
-            }
-            self._log_stats(stats)
-            results.append(GenerationResult(text=ans, token_counts=TokenCounts(input_tokens=int(row_ids.numel()),
-                                                                               output_tokens=n_new)))
-        return results
+        after = int((row_ids == vid_id).sum()) if vid_id is not None and n_v else 0
+        removed = sum(int(r["pruned"].keep.numel()) - int(r["pruned"].num_tokens) for r in recs)
+        if recs and self.pipe.config.newline == "none" and _family(self._model) == "llava_onevision":
+            removed += len(recs)
+        n_new = int((new[row] != pad).sum()) if new.shape[1] else 0
+        stats = {
+            "task": it["task"], "doc_id": it["doc_id"], "rank": self._rank,
+            "visuals": [os.fspath(v) if isinstance(v, (str, os.PathLike)) else "<image>" for v in it["visuals"]],
+            "frames": it.get("frames", []),
+            "retention": self.pipe.config.retention,
+            "tokens_before": after + removed, "tokens_after": after,
+            "prompt_tokens": int(row_ids.numel()), "new_tokens": n_new,
+            "prune_s": round(sum(float(r["timings"].get("prune_s", 0.0)) for r in recs), 6),
+            "scout_s": round(sum(float(r["timings"].get("scout_s", 0.0)) for r in recs), 6),
+            **timing,
+        }
+        self._log_stats(stats)
+        return GenerationResult(text=ans, token_counts=TokenCounts(input_tokens=int(row_ids.numel()),
+                                                                   output_tokens=n_new))
 
     def _log_stats(self, stats: dict) -> None:
         b, a = stats["tokens_before"], stats["tokens_after"]
