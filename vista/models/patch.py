@@ -1,25 +1,19 @@
-"""Vista on stock transformers backbones: one-line, in-place, reversible.
+"""The in-place patch: ``apply_vista`` / ``remove_vista`` and the wrappers they install.
 
-Supported families (``family_of``): ``"llava_onevision"`` (LLaVA-OneVision and LLaVA-Video, both
-``LlavaOnevisionForConditionalGeneration``) and ``"qwen2_5_vl"`` (``Qwen2_5_VLForConditionalGeneration``).
+``apply_vista`` wraps, on the model *instance*, the inner model's ``forward`` /
+``get_video_features`` / ``get_image_features`` and the outer model's ``generate`` /
+``_expand_multimodal_outputs`` (one ``_make_*`` factory each, built through
+:class:`vista.models.common.PatchedMethod`), lets the family adapter patch the rest (Qwen's rope
+index) and the processor, and records everything in a :class:`vista.models.common.VistaState`.
+The wrappers keep no per-call state of their own: what one ``generate()`` call saw lives in the
+state's thread-local fields.
 
-Usage::
-
-    from vista.models import load_pretrained, apply_vista
-    model, processor = load_pretrained("/models/llava-onevision-qwen2-7b-ov-hf", device="cuda")
-    apply_vista(model, vista.VistaConfig(retention=0.15), processor=processor)
-    inputs = processor(text=prompt, videos=[frames], return_tensors="pt").to(model.device)
-    out = model.generate(**inputs, max_new_tokens=64)           # question inferred from the prompt
-    out = model.generate(**inputs, max_new_tokens=64, question="what is the man holding?")  # override
-
-See :mod:`vista.models.common` for the design (placeholder-count contract, wrappers).
+See :mod:`vista.models.common` for the design (placeholder-count contract, flow of a prefill).
 """
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
-import os
 from typing import List, Optional
 
 import torch
@@ -46,128 +40,13 @@ from .common import (
     _STATE_ATTR,
 )
 from .llava_onevision import ADAPTER as _LLAVA
+from .load import family_of
 from .qwen2_5_vl import ADAPTER as _QWEN
 
 _ADAPTERS = {
     "llava_onevision": _LLAVA,
     "qwen2_5_vl": _QWEN,
 }
-_MODEL_TYPES = {"llava_onevision": "llava_onevision", "qwen2_5_vl": "qwen2_5_vl"}
-
-
-def family_of(model) -> str:
-    """Backbone family of a model, a config, a ``model_type`` string or a checkpoint directory.
-
-    Returns ``"llava_onevision"`` (LLaVA-OneVision, LLaVA-Video) or ``"qwen2_5_vl"``.
-    Raises ValueError for anything else (naming the model_type found).
-    """
-    if isinstance(model, (str, os.PathLike)) and os.path.isdir(model):
-        cfg_path = os.path.join(model, "config.json")
-        if not os.path.isfile(cfg_path):
-            raise ValueError(f"model directory {os.fspath(model)!r} has no config.json")
-        from ..checkpoint import read_json_object
-
-        mt = read_json_object(cfg_path, "the model config").get("model_type")
-    elif isinstance(model, str):
-        mt = model
-    else:
-        cfg = getattr(model, "config", model)
-        mt = getattr(cfg, "model_type", None)
-        if mt is None:
-            raise TypeError(f"model must be a transformers model or config, got {type(model).__name__}")
-    if mt in _MODEL_TYPES:
-        return _MODEL_TYPES[mt]
-    raise ValueError(
-        f"unsupported model_type {mt!r}: vista supports llava_onevision (LLaVA-OneVision, LLaVA-Video) "
-        "and qwen2_5_vl (Qwen2.5-VL)"
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# loading
-# ----------------------------------------------------------------------------------------------
-def _flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
-
-
-def _pick_attn(attn_implementation, device) -> str:
-    want = attn_implementation
-    dev = torch.device(device)
-    if want is None or want == "flash_attention_2":
-        if _flash_attn_available() and dev.type == "cuda":
-            return "flash_attention_2"
-        why = "flash-attn is not installed" if not _flash_attn_available() else f"device is {dev.type}"
-        notice_once(f"attn:{why}", f"vista: {why}; using attn_implementation='sdpa' instead of flash_attention_2")
-        return "sdpa"
-    if not isinstance(want, str):
-        raise TypeError(f"attn_implementation must be a str or None, got {type(want).__name__}")
-    return want
-
-
-def load_pretrained(path, *, device="cpu", dtype=None, attn_implementation=None):
-    """Load a supported backbone and its processor from a local directory.
-
-    Args:
-        path: directory holding ``config.json``, the weights (``*.safetensors`` / ``*.bin``) and
-            the processor files (``processor_config.json`` / ``preprocessor_config.json`` +
-            tokenizer files), as written by ``save_pretrained``.
-        device: where to put the model ("cpu", "cuda", "cuda:1", torch.device).
-        dtype: torch dtype; None = bfloat16 on CUDA, float32 on CPU.
-        attn_implementation: None = flash_attention_2 when flash-attn is importable (on CUDA),
-            else sdpa (one notice, once). An explicit "flash_attention_2" without flash-attn
-            also falls back to sdpa.
-    Returns:
-        (model, processor); the model in eval mode.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike directory, got {type(path).__name__}")
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise ValueError(f"path {path!r} is not a directory (give a local checkpoint directory)")
-    files = set(os.listdir(path))
-    if "config.json" not in files:
-        raise ValueError(f"checkpoint {path!r} is missing config.json")
-    if not any(f.endswith((".safetensors", ".bin")) or f.endswith(".index.json") for f in files):
-        raise ValueError(f"checkpoint {path!r} is missing the weights (model.safetensors or pytorch_model.bin)")
-    if not ({"processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json"} & files):
-        raise ValueError(f"checkpoint {path!r} is missing processor_config.json / preprocessor_config.json")
-    if not ({"tokenizer.json", "tokenizer_config.json", "vocab.json"} & files):
-        raise ValueError(f"checkpoint {path!r} is missing the tokenizer (tokenizer.json / tokenizer_config.json)")
-    from ..checkpoint import check_checkpoint_files
-
-    check_checkpoint_files(path)  # damaged files: a ValueError naming the file, not a transformers crash
-    family = family_of(path)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device {device!r} is not a valid torch device") from e
-    if dtype is None:
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
-    attn = _pick_attn(attn_implementation, dev)
-    from transformers import AutoProcessor
-
-    if family == "llava_onevision":
-        from transformers import LlavaOnevisionForConditionalGeneration as cls
-    else:
-        from transformers import Qwen2_5_VLForConditionalGeneration as cls
-    try:
-        model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    except (ImportError, MemoryError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:  # a damage the file checks do not see (wrong shapes, bad config values)
-        raise ValueError(f"{path}: the model could not be loaded from this directory "
-                         f"({type(e).__name__}: {e})") from e
-    model.to(dev).eval()
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except (ImportError, MemoryError, torch.OutOfMemoryError):
-        raise
-    except Exception as e:
-        raise ValueError(f"{path}: the processor could not be loaded from this directory "
-                         f"({type(e).__name__}: {e})") from e
-    return model, processor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +190,7 @@ def _make_expand(model, inner, adapter, orig):
         if isinstance(image_grid, torch.Tensor) and getattr(image, "pooler_output", None) is not None:
             image_order = _expansion_order(input_ids, inner.config.image_token_id,
                                            [len(o) for o in image.pooler_output], expand_size)
-        out = _expand_video(st, input_ids, mm_encoder_output, expand_size, inputs_embeds)
+        out = _expand_video(st, inner, adapter, orig, input_ids, mm_encoder_output, expand_size, inputs_embeds)
         if image_order is not None and out.get("image") is not None:
             try:
                 out["image"]._vista_image_grid_thw = image_grid[torch.tensor(image_order, device=image_grid.device)]
@@ -319,41 +198,52 @@ def _make_expand(model, inner, adapter, orig):
                 pass
         return out
 
-    def _expand_video(st, input_ids, mm_encoder_output, expand_size, inputs_embeds):
-        video = mm_encoder_output.get("video")
-        if video is None or getattr(video, "_vista_pruned", False):
-            return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
-        ragged = bool(getattr(video, "_vista_ragged", False))
-        if not st.active and not ragged:
-            return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
-        grid_thw = getattr(video, "_vista_grid_thw", None)
-        items = adapter.split(inner, video, {"video_grid_thw": grid_thw})
-        counts = [adapter.placeholder_count(it, st.config) for it in items]
-        order = _expansion_order(input_ids, adapter.video_token_id(inner.config), counts, expand_size)
-        if order is None:
-            raise ValueError("video placeholders of a sample do not match its videos' pruned token counts")
-        po = video.pooler_output
-        if isinstance(po, torch.Tensor):
-            new_po = po[torch.tensor(order, device=po.device)]
-        else:
-            new_po = type(po)(po[i] for i in order) if isinstance(po, tuple) else [po[i] for i in order]
-        new = type(video)(**dict(video.items()))
-        new.pooler_output = new_po
-        handle = getattr(video, "_vista_scout", None)
-        if handle is not None:
-            handle = dict(handle, raw={j: handle["raw"][i] for j, i in enumerate(order) if i in handle["raw"]})
-        new._vista_scout = handle
-        new._vista_grid_thw = None if grid_thw is None else grid_thw[torch.tensor(order, device=grid_thw.device)]
-        new._vista_ragged = ragged
-        prev_order = getattr(video, "_vista_order", None)  # expanded twice: compose
-        new._vista_order = order if prev_order is None else [prev_order[i] for i in order]
-        rest = {key: v for key, v in mm_encoder_output.items() if key != "video"}
-        out = orig(input_ids, rest, expand_size=expand_size, inputs_embeds=inputs_embeds) if rest else {}
-        out = dict(out)
-        out["video"] = new
-        return out
-
     return _expand_multimodal_outputs
+
+
+def _expand_video(st, inner, adapter, orig, input_ids, mm_encoder_output, expand_size, inputs_embeds):
+    """The encoder outputs expanded as ``orig`` (the stock helper) would, except an unpruned video
+    output, which is repeated by its pruned placeholder counts (:func:`_reorder_video`)."""
+    video = mm_encoder_output.get("video")
+    if video is None or getattr(video, "_vista_pruned", False):
+        return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
+    ragged = bool(getattr(video, "_vista_ragged", False))
+    if not st.active and not ragged:
+        return orig(input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds)
+    grid_thw = getattr(video, "_vista_grid_thw", None)
+    items = adapter.split(inner, video, {"video_grid_thw": grid_thw})
+    counts = [adapter.placeholder_count(it, st.config) for it in items]
+    order = _expansion_order(input_ids, adapter.video_token_id(inner.config), counts, expand_size)
+    if order is None:
+        raise ValueError("video placeholders of a sample do not match its videos' pruned token counts")
+    new = _reorder_video(video, order, grid_thw, ragged)
+    rest = {key: v for key, v in mm_encoder_output.items() if key != "video"}
+    out = orig(input_ids, rest, expand_size=expand_size, inputs_embeds=inputs_embeds) if rest else {}
+    out = dict(out)
+    out["video"] = new
+    return out
+
+
+def _reorder_video(video, order, grid_thw, ragged):
+    """A copy of the video-features output with its per-video features, scout results and grids
+    taken in ``order`` (expanded video -> original video); the order is recorded (composed with
+    an earlier expansion) as ``_vista_order``."""
+    po = video.pooler_output
+    if isinstance(po, torch.Tensor):
+        new_po = po[torch.tensor(order, device=po.device)]
+    else:
+        new_po = type(po)(po[i] for i in order) if isinstance(po, tuple) else [po[i] for i in order]
+    new = type(video)(**dict(video.items()))
+    new.pooler_output = new_po
+    handle = getattr(video, "_vista_scout", None)
+    if handle is not None:
+        handle = dict(handle, raw={j: handle["raw"][i] for j, i in enumerate(order) if i in handle["raw"]})
+    new._vista_scout = handle
+    new._vista_grid_thw = None if grid_thw is None else grid_thw[torch.tensor(order, device=grid_thw.device)]
+    new._vista_ragged = ragged
+    prev_order = getattr(video, "_vista_order", None)  # expanded twice: compose
+    new._vista_order = order if prev_order is None else [prev_order[i] for i in order]
+    return new
 
 
 def _expansion_order(input_ids, token_id, counts, expand_size):
@@ -408,6 +298,10 @@ def _tag(out, args, handle):
 
 
 def _make_forward(model, inner, adapter, orig):
+    """The inner model's forward: prunes the videos of a prefill (encoding them first when the
+    caller gave pixels only) and hands the stock forward the pruned features; every other call
+    (no state, retention 1.0, no placeholders, already pruned) goes to the stock forward as is."""
+
     @functools.wraps(orig)
     def forward(*args, question=None, **kwargs):
         st = get_state(model)
@@ -416,38 +310,16 @@ def _make_forward(model, inner, adapter, orig):
         a = bind_arguments(orig, args, kwargs)
         mm = a.get("mm_encoder_outputs") or {}
         video_out = mm.get("video")
-        pvv = a.get("pixel_values_videos")
-        # ragged LLaVA batches (marked by _ragged_video_features); a list pooler_output alone is
-        # no sign of one: the stock beam expansion turns Qwen's tuple into a list
-        ragged = isinstance(pvv, (list, tuple)) or bool(getattr(video_out, "_vista_ragged", False))
-        if not st.active and not ragged:  # retention 1.0: the stock path, untouched
-            return orig(*args, **kwargs)
-        if (pvv is None and video_out is None) or getattr(video_out, "_vista_pruned", False):
+        if not _prunes(st, inner, adapter, a, video_out):
             return orig(*args, **kwargs)
         ids = a.get("input_ids")
-        vid = adapter.video_token_id(inner.config)
-        if ids is not None and not bool((ids == vid).any()):
-            return orig(*args, **kwargs)  # no placeholders in this step (e.g. decoding)
         if question is None and st.pending is not None:
             question = st.pending.get("question")
         mask = a.get("attention_mask") if isinstance(a.get("attention_mask"), torch.Tensor) else None
         mm = dict(mm)
         if video_out is None:
-            prev = st.pending
-            st.pending = {"input_ids": ids, "attention_mask": mask, "question": question,
-                          "cache": prev.get("cache") if prev is not None else None}
-            try:
-                video_out = inner.get_video_features(**adapter.video_kwargs(a), return_dict=True)
-            finally:
-                st.pending = prev
-            a["pixel_values_videos"] = None
-        if a.get("pixel_values") is not None and mm.get("image") is None:
-            mm["image"] = adapter.image_features(inner, a)
-            a["pixel_values"] = None
-        if a.get("image_grid_thw") is None and getattr(mm.get("image"), "_vista_image_grid_thw", None) is not None:
-            a["image_grid_thw"] = mm["image"]._vista_image_grid_thw
-        if a.get("video_grid_thw") is None and getattr(video_out, "_vista_grid_thw", None) is not None:
-            a["video_grid_thw"] = video_out._vista_grid_thw
+            video_out = _encode_videos(st, inner, adapter, a, ids, mask, question)
+        _encode_images_and_grids(inner, adapter, a, mm, video_out)
         items = adapter.split(inner, video_out, a)
         assign_questions(st, inner, items, ids, mask, question, order=getattr(video_out, "_vista_order", None))
         handle = getattr(video_out, "_vista_scout", None)
@@ -466,6 +338,50 @@ def _make_forward(model, inner, adapter, orig):
             st.kept = None
 
     return forward
+
+
+def _prunes(st, inner, adapter, a, video_out) -> bool:
+    """Whether this forward call (bound arguments ``a``) prunes videos: False for retention 1.0
+    (the stock path, untouched; ragged LLaVA batches excepted), for calls without videos, with
+    already pruned features, or without video placeholders in ``input_ids`` (decoding steps)."""
+    pvv = a.get("pixel_values_videos")
+    # ragged LLaVA batches (marked by _ragged_video_features); a list pooler_output alone is
+    # no sign of one: the stock beam expansion turns Qwen's tuple into a list
+    ragged = isinstance(pvv, (list, tuple)) or bool(getattr(video_out, "_vista_ragged", False))
+    if not st.active and not ragged:
+        return False
+    if (pvv is None and video_out is None) or getattr(video_out, "_vista_pruned", False):
+        return False
+    ids = a.get("input_ids")
+    vid = adapter.video_token_id(inner.config)
+    return not (ids is not None and not bool((ids == vid).any()))
+
+
+def _encode_videos(st, inner, adapter, a, ids, mask, question):
+    """Run the (patched) video encoder on the pixels of a forward call made without
+    ``generate()``, with this call's ids / mask / question as the pending call; the pixels are
+    then dropped from ``a`` so the stock forward does not encode them again."""
+    prev = st.pending
+    st.pending = {"input_ids": ids, "attention_mask": mask, "question": question,
+                  "cache": prev.get("cache") if prev is not None else None}
+    try:
+        video_out = inner.get_video_features(**adapter.video_kwargs(a), return_dict=True)
+    finally:
+        st.pending = prev
+    a["pixel_values_videos"] = None
+    return video_out
+
+
+def _encode_images_and_grids(inner, adapter, a, mm, video_out) -> None:
+    """Encode the call's images into ``mm["image"]`` (the stock forward gets features only), and
+    put back the image / video grids generate() popped from the kwargs (from the outputs' tags)."""
+    if a.get("pixel_values") is not None and mm.get("image") is None:
+        mm["image"] = adapter.image_features(inner, a)
+        a["pixel_values"] = None
+    if a.get("image_grid_thw") is None and getattr(mm.get("image"), "_vista_image_grid_thw", None) is not None:
+        a["image_grid_thw"] = mm["image"]._vista_image_grid_thw
+    if a.get("video_grid_thw") is None and getattr(video_out, "_vista_grid_thw", None) is not None:
+        a["video_grid_thw"] = video_out._vista_grid_thw
 
 
 def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, processor=None):
@@ -499,44 +415,61 @@ def apply_vista(model, config: Optional[VistaConfig] = None, scout=None, process
         adapter.check_processor(processor)
     st = get_state(model)
     if st is not None:  # idempotent: replace settings
-        st.config = config
-        st.scout = scout
-        st.reset_info()
-        linked = processor is not None and any(p is processor for p in st.processors)
-        # a deep copy shares the original's processor link; once the original let go of it
-        # (remove_vista), the copy patches it itself
-        if processor is not None and (not linked or "replace_video_token" not in vars(processor)):
-            adapter.patch_processor(st, processor)
-            if not linked:
-                st.processors.append(processor)
-            st.tokenizer = getattr(processor, "tokenizer", None)
-            st._tok_cache = None
+        _reapply(st, adapter, config, scout, processor)
         return model
     inner = adapter.inner(model)
     st = VistaState(config=config, family=family, adapter=adapter, scout=scout)
     try:
-        def wrap(obj, name, factory):
-            patch_attr(st, obj, name, PatchedMethod(factory, model, inner, adapter, getattr(obj, name)))
-
-        wrap(inner, "forward", _make_forward)
-        wrap(inner, "get_video_features", _make_get_video_features)
-        if hasattr(inner, "get_image_features"):
-            wrap(inner, "get_image_features", _make_get_image_features)
-        if hasattr(model, "generate") and model is not inner:
-            wrap(model, "generate", _make_generate)
-        if hasattr(model, "_expand_multimodal_outputs") and model is not inner:
-            wrap(model, "_expand_multimodal_outputs", _make_expand)
-        if hasattr(adapter, "patch_model_extra"):
-            adapter.patch_model_extra(st, model, inner)
+        _install_wrappers(st, model, inner, adapter)
         if processor is not None:
-            adapter.patch_processor(st, processor)
-            st.processors.append(processor)
-            st.tokenizer = getattr(processor, "tokenizer", None)
+            _link_processor(st, adapter, processor)
     except Exception:
         unpatch_all(st)
         raise
     model.__dict__[_STATE_ATTR] = st
     return model
+
+
+def _reapply(st, adapter, config, scout, processor) -> None:
+    """``apply_vista`` on a patched model: new config and scout, a fresh prune info, and the
+    processor linked (patched) unless it is linked and still patched already."""
+    st.config = config
+    st.scout = scout
+    st.reset_info()
+    linked = processor is not None and any(p is processor for p in st.processors)
+    # a deep copy shares the original's processor link; once the original let go of it
+    # (remove_vista), the copy patches it itself
+    if processor is not None and (not linked or "replace_video_token" not in vars(processor)):
+        _link_processor(st, adapter, processor, linked=linked)
+
+
+def _link_processor(st, adapter, processor, linked=False) -> None:
+    """Patch ``processor`` to emit the pruned placeholder counts and take its tokenizer (for the
+    question spans); record it in ``st.processors`` unless ``linked`` already."""
+    adapter.patch_processor(st, processor)
+    if not linked:
+        st.processors.append(processor)
+    st.tokenizer = getattr(processor, "tokenizer", None)
+    st._tok_cache = None
+
+
+def _install_wrappers(st, model, inner, adapter) -> None:
+    """Wrap the instance methods (inner forward / get_video_features / get_image_features; outer
+    generate / _expand_multimodal_outputs) and let the adapter patch its own extras."""
+
+    def wrap(obj, name, factory):
+        patch_attr(st, obj, name, PatchedMethod(factory, model, inner, adapter, getattr(obj, name)))
+
+    wrap(inner, "forward", _make_forward)
+    wrap(inner, "get_video_features", _make_get_video_features)
+    if hasattr(inner, "get_image_features"):
+        wrap(inner, "get_image_features", _make_get_image_features)
+    if hasattr(model, "generate") and model is not inner:
+        wrap(model, "generate", _make_generate)
+    if hasattr(model, "_expand_multimodal_outputs") and model is not inner:
+        wrap(model, "_expand_multimodal_outputs", _make_expand)
+    if hasattr(adapter, "patch_model_extra"):
+        adapter.patch_model_extra(st, model, inner)
 
 
 def remove_vista(model):
