@@ -517,12 +517,4 @@ def last_prune_info(model) -> List[dict]:
     return resolve_info(st)
 
 
-__all__ = [
-    "apply_vista",
-    "family_of",
-    "is_patched",
-    "last_prune_info",
-    "load_pretrained",
-    "remove_vista",
-    "vista_config",
-]
+__all__ = ["apply_vista", "is_patched", "last_prune_info", "remove_vista", "vista_config"]
