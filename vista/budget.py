@@ -131,16 +131,30 @@ def allocate_budgets(
     """
     _check_total(T, N, total)
     b_min = _b_min(N, T, total, min_frame_ratio)
+    w = _host_frame_weights(segment_id, alpha)  # per-frame bonus weight, sums to 1
+    shares = _water_fill(w, T, b_min, N, total)
+    budgets = _largest_remainder(shares, total)
+    return _spill_over_n(budgets, w, T, N)
+
+
+def _host_frame_weights(segment_id: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """(T,) fp64 per-frame bonus weights on the CPU (:func:`_frame_weights`), after checking that
+    the weights of the segments in use are finite and >= 0 (ValueError otherwise)."""
     seg = segment_id.cpu()
     a = alpha.detach().double().cpu()
     used = a[: int(seg.max()) + 1]
     if not bool(torch.isfinite(used).all()) or bool((used < 0).any()):
         raise ValueError(f"alpha must hold finite weights >= 0 (one per segment), got {used.tolist()}")
     sizes = torch.bincount(seg, minlength=a.shape[0]).double()
-    w = _frame_weights(a, seg, sizes)  # per-frame bonus weight, sums to 1
+    return _frame_weights(a, seg, sizes)
+
+
+def _water_fill(w: torch.Tensor, T: int, b_min: int, N: int, total: int) -> torch.Tensor:
+    """(T,) fp64 real shares ``b_min + w * (total - T * b_min)``, water-filled: shares above N
+    are capped and the excess handed to frames with room in proportion to w (equally if none of
+    them has weight), repeated until nothing is above N; with any frame capped the result is
+    the closed form :func:`_final_shares` (one formula for both allocators)."""
     shares = b_min + w * (total - T * b_min)
-    # Water-fill in real numbers: cap shares at N and hand the excess to frames with room in
-    # proportion to w (equally if none of them has weight); repeat until nothing is above N.
     capped = torch.zeros(T, dtype=torch.bool)
     for _ in range(T + 1):
         over = shares > N
@@ -157,8 +171,12 @@ def allocate_budgets(
         shares = shares + excess * ww / ww.sum()
     if bool(capped.any()):  # the closed form of the loop's result (one formula for both allocators)
         shares = _final_shares(w, capped, b_min, N, total)
-    budgets = _largest_remainder(shares, total)
-    # Guard against rounding noise pushing a frame to N + 1 (moves single tokens to frames with room).
+    return shares
+
+
+def _spill_over_n(budgets: torch.Tensor, w: torch.Tensor, T: int, N: int) -> torch.Tensor:
+    """Guard against rounding noise pushing a frame to N + 1: moves the single tokens above N to
+    frames with room (in proportion to w; equally when none of them has weight)."""
     for _ in range(T + 1):
         over = (budgets - N).clamp(min=0)
         excess = int(over.sum())

@@ -569,16 +569,36 @@ class VistaPipeline:
         ``num_return_sequences``, ``stopping_criteria``, ...; the answer is the first returned
         sequence). Raises VideoError / PipelineError (ValueErrors) on bad input.
         """
-        import torch
-
-        if not isinstance(question, str) or not question.strip():
-            raise PipelineError("question must be a non-empty string")
-        max_new_tokens = _check_max_new_tokens(max_new_tokens)
-        n = self.num_frames if num_frames is None else check_num_frames(num_frames)
+        max_new_tokens, n, history = _check_ask_args(question, max_new_tokens, num_frames, self.num_frames,
+                                                     history)
         timings: Dict[str, float] = {}
         if "load" in self.timings:
             timings["load"] = self.timings["load"]
-        history = _check_history(history)
+        v, inputs, video_key, frames_status, t_start = self._decode_and_prepare(video, question, n, clip, history,
+                                                                               timings)
+        handle = self._cache_handle(video_key)
+        input_len = inputs["input_ids"].shape[1]
+        out, t_gen, t_first, t_end = self._generate(inputs, input_len, max_new_tokens, do_sample, question, handle,
+                                                    generate_kwargs)
+        prune = list(_models().last_prune_info(self.model) or [])
+        _phase_timings(timings, prune, handle, self.device.type == "cpu", t_gen, t_first, t_end, t_start)
+
+        new = out[0, input_len:] if out.shape[1] > input_len else out[0, :0]
+        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+        before, after = self._token_counts(inputs, prune)
+        prune, notes = self._with_all_kept_record(inputs, question, prune, list(v.notes))
+        return AskResult(
+            answer=answer, question=question, frames=v.num_frames, frames_requested=n,
+            tokens_before=before, tokens_after=after, timings=timings, prune=prune,
+            new_tokens=int(new.numel()), video=v, config=self.config, notes=notes,
+            cache=_cache_status(frames_status, handle),
+        )
+
+    def _decode_and_prepare(self, video, question, n, clip, history, timings):
+        """Decode and sample the video (through the cache) and build the processor inputs; records
+        ``timings["decode"]`` and ``["preprocess"]``. Returns (Video, inputs, the video's cache key,
+        frames cache status, start time of the ask -- moved back by the decode time of a Video
+        decoded earlier)."""
         t_start = time.perf_counter()
         v, video_key, frames_status = self._video(video, n, clip)
         # a Video decoded earlier (vista.video.load_video) carries its own decode time
@@ -589,14 +609,22 @@ class VistaPipeline:
         # (two arguments without history: overrides of prepare(video, question) keep working)
         inputs = self.prepare(v, question, history) if history else self.prepare(v, question)
         timings["preprocess"] = time.perf_counter() - t
+        return v, inputs, video_key, frames_status, t_start
+
+    def _cache_handle(self, video_key):
+        """The ``vista_cache=`` handle for generate(): this pipeline's cache and fingerprints for
+        a video with a cache key, a disabled handle otherwise."""
         from .cache import VideoCacheHandle
 
         use_cache = self._caching and video_key is not None
         model_key, scout_key = self._fingerprints() if use_cache else ("", None)
-        handle = VideoCacheHandle(self.cache if use_cache else None, [video_key or ""], model_key, scout_key)
+        return VideoCacheHandle(self.cache if use_cache else None, [video_key or ""], model_key, scout_key)
 
-        models = _models()
-        input_len = inputs["input_ids"].shape[1]
+    def _generate(self, inputs, input_len, max_new_tokens, do_sample, question, handle, generate_kwargs):
+        """Run the patched model's generate(); returns (sequences, start time, time of the first
+        token (the end when none came), end time)."""
+        import torch
+
         # times the first token through a stopping criterion, not a streamer: generate() refuses
         # streamers with beam search (num_beams > 1 here or in the checkpoint's generation_config)
         timer = _TokenProgress(max_new_tokens, self.progress, input_len)
@@ -611,41 +639,19 @@ class VistaPipeline:
         t_end = time.perf_counter()
         out = getattr(out, "sequences", out)  # return_dict_in_generate=True
         first = timer.t_first if timer.t_first is not None else t_end
-        prune = list(models.last_prune_info(self.model) or [])
-        inner: Dict[str, float] = {}
-        for rec in prune:
-            for k, val in (rec.get("timings") or {}).items():
-                if isinstance(val, (int, float)) and not isinstance(val, bool):
-                    k = k[:-2] if k.endswith("_s") else k  # "scout_s" -> "scout"
-                    inner[k] = inner.get(k, 0.0) + float(val)
-        timings.update(inner)
-        for k, val in handle.resolved_timings().items():
-            timings[k[:-2]] = val  # "vision_s" -> "vision"
-        # the scout runs inline on CPU but beside the vision tower on a CUDA side stream
-        inline = (inner.get("prune", 0.0) + timings.get("vision", 0.0)
-                  + (inner.get("scout", 0.0) if self.device.type == "cpu" else 0.0))
-        timings["prefill"] = max(0.0, (first - t) - inline)
-        timings["generate"] = t_end - first
-        timings["total"] = t_end - t_start
+        return out, t, first, t_end
 
-        new = out[0, input_len:] if out.shape[1] > input_len else out[0, :0]
-        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
-        before, after = self._token_counts(inputs, prune)
-        notes = list(v.notes)
+    def _with_all_kept_record(self, inputs, question, prune, notes):
+        """(prune, notes) of the answer: retention 1.0 runs the stock model (nothing pruned,
+        nothing recorded), so record the all-kept result there, so that budgets, segments and the
+        token map still describe the run."""
         if not prune and self.config.retention >= 1.0:
-            # retention 1.0 runs the stock model (nothing pruned, nothing recorded): record the
-            # all-kept result so that budgets, segments and the token map still describe the run
             rec = self._all_kept_record(inputs, question)
             if rec is not None:
                 prune = [rec]
                 notes.append("retention 1.0: nothing pruned, every visual token kept "
                              "(segments and relevance not computed: one segment, relevance 1.0)")
-        return AskResult(
-            answer=answer, question=question, frames=v.num_frames, frames_requested=n,
-            tokens_before=before, tokens_after=after, timings=timings, prune=prune,
-            new_tokens=int(new.numel()), video=v, config=self.config, notes=notes,
-            cache=_cache_status(frames_status, handle),
-        )
+        return prune, notes
 
     def _all_kept_record(self, inputs, question) -> Optional[Dict[str, Any]]:
         """A ``last_prune_info``-like record of the video when pruning was a no-op (retention 1.0).
@@ -700,6 +706,37 @@ class VistaPipeline:
             return (sum(int(r["pruned"].keep.numel()) for r in prune),
                     sum(int(r["pruned"].num_tokens) for r in prune))
         return after + removed, after
+
+
+def _check_ask_args(question, max_new_tokens, num_frames, default_frames, history):
+    """(max_new_tokens, frame count, history) of an ``ask`` call, checked (PipelineError /
+    VideoError on bad values)."""
+    if not isinstance(question, str) or not question.strip():
+        raise PipelineError("question must be a non-empty string")
+    max_new_tokens = _check_max_new_tokens(max_new_tokens)
+    n = default_frames if num_frames is None else check_num_frames(num_frames)
+    return max_new_tokens, n, _check_history(history)
+
+
+def _phase_timings(timings, prune, handle, on_cpu, t_gen, t_first, t_end, t_start) -> None:
+    """Fill ``timings`` with the phases inside generate(): the pruner's and the scout's own
+    timings (summed over videos), the cache handle's (vision), then prefill (first token minus
+    what ran inline before it), generate (the tokens after the first) and total."""
+    inner: Dict[str, float] = {}
+    for rec in prune:
+        for k, val in (rec.get("timings") or {}).items():
+            if isinstance(val, (int, float)) and not isinstance(val, bool):
+                k = k[:-2] if k.endswith("_s") else k  # "scout_s" -> "scout"
+                inner[k] = inner.get(k, 0.0) + float(val)
+    timings.update(inner)
+    for k, val in handle.resolved_timings().items():
+        timings[k[:-2]] = val  # "vision_s" -> "vision"
+    # the scout runs inline on CPU but beside the vision tower on a CUDA side stream
+    inline = (inner.get("prune", 0.0) + timings.get("vision", 0.0)
+              + (inner.get("scout", 0.0) if on_cpu else 0.0))
+    timings["prefill"] = max(0.0, (t_first - t_gen) - inline)
+    timings["generate"] = t_end - t_first
+    timings["total"] = t_end - t_start
 
 
 def _cache_status(frames_status, handle) -> Dict[str, str]:

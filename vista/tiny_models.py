@@ -118,6 +118,56 @@ def _finish(model, processor, path, seed):
     return model, processor
 
 
+def _set_generation_ids(model, tok) -> None:
+    """generate() pads with ``<pad>`` and stops at ``<|im_end|>``."""
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+
+
+# ----------------------------------------------------------------------------------------------
+# LLaVA-OneVision
+# ----------------------------------------------------------------------------------------------
+def _tiny_llava_config(tok, text_overrides: Optional[dict]):
+    """``LlavaOnevisionConfig``: the shared tiny Qwen2 LLM (plus ``text_overrides``) and a SigLIP
+    tower of hidden 32, 1 layer, image 384, patch 14 (27x27 patches)."""
+    from transformers import LlavaOnevisionConfig
+
+    text_config = dict(model_type="qwen2", **_tiny_text_config(tok))
+    text_config.update(text_overrides or {})
+    vision_config = dict(
+        model_type="siglip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=384,
+        patch_size=14,
+    )
+    return LlavaOnevisionConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[384, 384], [384, 768], [768, 384]],
+    )
+
+
+def _tiny_llava_processor(tok, config):
+    """``LlavaOnevisionProcessor`` with the stock image / video processors (384x384 frames)."""
+    from transformers import LlavaOnevisionImageProcessor, LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor
+
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints),
+        tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(),
+        num_image_tokens=(384 // 14) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=_CHAT_TEMPLATE_LLAVA,
+    )
+
+
 def build_tiny_llava_onevision(
     path: Optional[str] = None, seed: int = 0, *, text_overrides: Optional[dict] = None
 ) -> Tuple[object, object]:
@@ -133,81 +183,32 @@ def build_tiny_llava_onevision(
         uint8 arrays (any size; resized to 384x384); each frame gives 196 tokens + 1 newline a video.
     """
     import torch
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
-    )
+    from transformers import LlavaOnevisionForConditionalGeneration
 
     tok = _build_tokenizer(["<image>", "<video>"], _CHAT_TEMPLATE_LLAVA)
-    image_token_id = tok.convert_tokens_to_ids("<image>")
-    video_token_id = tok.convert_tokens_to_ids("<video>")
-    text_config = dict(model_type="qwen2", **_tiny_text_config(tok))
-    text_config.update(text_overrides or {})
-    vision_config = dict(
-        model_type="siglip_vision_model",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=384,
-        patch_size=14,
-    )
-    config = LlavaOnevisionConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_index=image_token_id,
-        video_token_index=video_token_id,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-        image_grid_pinpoints=[[384, 384], [384, 768], [768, 384]],
-    )
+    config = _tiny_llava_config(tok, text_overrides)
     torch.manual_seed(seed)
     model = LlavaOnevisionForConditionalGeneration(config)
     # The newline embedding is torch.empty() at init: give it defined values.
     with torch.no_grad():
         g = torch.Generator().manual_seed(seed + 1)
         model.model.image_newline.copy_(torch.randn(model.model.image_newline.shape, generator=g) * 0.02)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(image_grid_pinpoints=config.image_grid_pinpoints),
-        tokenizer=tok,
-        video_processor=LlavaOnevisionVideoProcessor(),
-        num_image_tokens=(384 // 14) ** 2,
-        vision_feature_select_strategy="full",
-        chat_template=_CHAT_TEMPLATE_LLAVA,
-    )
-    return _finish(model, processor, path, seed)
+    _set_generation_ids(model, tok)
+    return _finish(model, _tiny_llava_processor(tok, config), path, seed)
 
 
-def build_tiny_qwen2_5_vl(path: Optional[str] = None, seed: int = 0) -> Tuple[object, object]:
-    """A tiny random ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``.
+# ----------------------------------------------------------------------------------------------
+# Qwen2.5-VL
+# ----------------------------------------------------------------------------------------------
+_QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
-    Args:
-        path: optional directory; model + processor are saved there with ``save_pretrained``.
-        seed: torch seed for the random weights.
-    Returns:
-        (model, processor); float32, CPU, eval mode. Videos are (T, H, W, 3) uint8 arrays with an
-        even T (one LLM token covers a temporal pair of frames); frames are resized so that they
-        hold at most 112*112 pixels (multiples of 28), e.g. 112x112 -> 16 tokens a frame pair.
-    """
-    import torch
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
 
-    tok = _build_tokenizer(
-        ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], _CHAT_TEMPLATE_QWEN
-    )
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]}
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+def _tiny_qwen_config(tok):
+    """``Qwen2_5_VLConfig``: the shared tiny LLM with M-RoPE sections (2, 3, 3) and a vision tower
+    of hidden 32, 1 block, patch 14, 2x2 merge, temporal patch 2."""
+    from transformers import Qwen2_5_VLConfig
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIALS}
     text_config = _tiny_text_config(
         tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
     )
@@ -224,7 +225,7 @@ def build_tiny_qwen2_5_vl(path: Optional[str] = None, seed: int = 0) -> Tuple[ob
         fullatt_block_indexes=[0],
         tokens_per_second=2,
     )
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=text_config,
         vision_config=vision_config,
         image_token_id=ids["<|image_pad|>"],
@@ -233,18 +234,42 @@ def build_tiny_qwen2_5_vl(path: Optional[str] = None, seed: int = 0) -> Tuple[ob
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = eos
+
+
+def _tiny_qwen_processor(tok):
+    """``Qwen2_5_VLProcessor`` whose image / video processors keep frames between 56*56 and
+    112*112 pixels."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
     pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
-    processor = Qwen2_5_VLProcessor(
+    return Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=dict(pixels)),
         tokenizer=tok,
         video_processor=Qwen2VLVideoProcessor(size=dict(pixels), cap_pixels_per_frame=False),
         chat_template=_CHAT_TEMPLATE_QWEN,
     )
-    return _finish(model, processor, path, seed)
+
+
+def build_tiny_qwen2_5_vl(path: Optional[str] = None, seed: int = 0) -> Tuple[object, object]:
+    """A tiny random ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``.
+
+    Args:
+        path: optional directory; model + processor are saved there with ``save_pretrained``.
+        seed: torch seed for the random weights.
+    Returns:
+        (model, processor); float32, CPU, eval mode. Videos are (T, H, W, 3) uint8 arrays with an
+        even T (one LLM token covers a temporal pair of frames); frames are resized so that they
+        hold at most 112*112 pixels (multiples of 28), e.g. 112x112 -> 16 tokens a frame pair.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tok = _build_tokenizer(_QWEN_SPECIALS, _CHAT_TEMPLATE_QWEN)
+    config = _tiny_qwen_config(tok)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _set_generation_ids(model, tok)
+    return _finish(model, _tiny_qwen_processor(tok), path, seed)
 
 
 def random_video(T: int, H: int = 64, W: int = 64, seed: int = 0, scenes: int = 2):

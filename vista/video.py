@@ -308,35 +308,63 @@ def _fmt_s(x: float) -> str:
 
 def _load_video_file(path: str, num_frames: int, max_side: Optional[int], progress: bool,
                      clip: Optional[Tuple[float, Optional[float]]] = None) -> Video:
+    """Decode and sample ``num_frames`` frames of a video file (of the time range ``clip``):
+    chosen from the demuxed timestamps when they are usable, else among the frames that decode,
+    in decoded order."""
     pts, tb, fps, codec = _packet_times(path)
-    notes: List[str] = []
     seen: List[Optional[int]] = []
-    used = None
-    # First try: choose frames from the demuxed timestamps, decode once and keep those.
     if pts and len(set(pts)) == len(pts):
-        times = np.asarray([float(p * tb) for p in pts])
-        if clip is None:
-            sel = sample_by_time(times, num_frames)
-            total = len(pts)
-        else:
-            inside, used = _clip_range(times, fps, clip, path, notes)
-            sel = inside[sample_by_time(times[inside], num_frames)]
-            total = len(inside)
-        wanted = {pts[int(i)]: j for j, i in enumerate(sel)}
-        # with a range starting later in the video, seek to the keyframe before it
-        seek = pts[int(sel[0])] if clip is not None and sel[0] > 0 else None
-        got, seen = _decode(path, wanted, max_side, progress, len(pts), seek_pts=seek)
-        if len(got) == len(sel):
-            frames = [got[j] for j in range(len(sel))]
-            origin = times[0] if clip is not None else None
-            return _finish(path, frames, times[sel], sel, total, num_frames, fps, notes, origin, used)
-        notes = []
+        video, seen = _load_by_timestamps(path, pts, tb, fps, num_frames, max_side, progress, clip)
+        if video is not None:
+            return video
     # Fallback (missing/duplicate timestamps, or frames the decoder dropped): choose among the
     # frames that actually decode, by their decoded order.
     if not seen:
         _, seen = _decode(path, {}, max_side, progress and not pts, len(pts))
     if not seen:
         raise VideoError(f"{path}: contains no decodable video frames (codec {codec})")
+    notes: List[str] = []
+    times, sel, ts, total, used = _pick_decoded(path, seen, tb, fps, num_frames, clip, notes)
+    wanted = {("#", int(i)): j for j, i in enumerate(sel)}
+    got, _ = _decode(path, wanted, max_side, False, len(seen))
+    if len(got) != len(sel):
+        raise VideoError(f"{path}: frames changed between two decodes; the file may be corrupt")
+    frames = [got[j] for j in range(len(sel))]
+    origin = (times[0] if times is not None else 0.0) if clip is not None else None
+    return _finish(path, frames, ts, sel, total, num_frames, fps, notes, origin, used)
+
+
+def _load_by_timestamps(path, pts, tb, fps, num_frames, max_side, progress, clip):
+    """First try: choose the frames from the demuxed (unique) timestamps and decode once,
+    keeping those. Returns (Video, or None when the decoder dropped a chosen frame; the
+    timestamps of the frames that decoded, in order)."""
+    notes: List[str] = []
+    used = None
+    times = np.asarray([float(p * tb) for p in pts])
+    if clip is None:
+        sel = sample_by_time(times, num_frames)
+        total = len(pts)
+    else:
+        inside, used = _clip_range(times, fps, clip, path, notes)
+        sel = inside[sample_by_time(times[inside], num_frames)]
+        total = len(inside)
+    wanted = {pts[int(i)]: j for j, i in enumerate(sel)}
+    # with a range starting later in the video, seek to the keyframe before it
+    seek = pts[int(sel[0])] if clip is not None and sel[0] > 0 else None
+    got, seen = _decode(path, wanted, max_side, progress, len(pts), seek_pts=seek)
+    if len(got) != len(sel):
+        return None, seen
+    frames = [got[j] for j in range(len(sel))]
+    origin = times[0] if clip is not None else None
+    return _finish(path, frames, times[sel], sel, total, num_frames, fps, notes, origin, used), seen
+
+
+def _pick_decoded(path, seen, tb, fps, num_frames, clip, notes):
+    """Fallback choice among the decoded frames (``seen``: their timestamps in decoded order,
+    None where missing): times from the timestamps when they increase, else from the frame
+    rate, else none (uniform by index). Returns (times or None, chosen decoded indices, their
+    times, frames to choose from, (start, end) of the clip used or None)."""
+    used = None
     monotone = all(p is not None for p in seen) and bool(np.all(np.diff(np.asarray(seen, dtype=np.int64)) > 0))
     if monotone:
         times = np.asarray([float(p * tb) for p in seen])
@@ -364,13 +392,7 @@ def _load_video_file(path: str, num_frames: int, max_side: Optional[int], progre
         sel = uniform_indices(len(seen), num_frames)
         ts = sel / fps if fps else sel.astype(np.float64)
         total = len(seen)
-    wanted = {("#", int(i)): j for j, i in enumerate(sel)}
-    got, _ = _decode(path, wanted, max_side, False, len(seen))
-    if len(got) != len(sel):
-        raise VideoError(f"{path}: frames changed between two decodes; the file may be corrupt")
-    frames = [got[j] for j in range(len(sel))]
-    origin = (times[0] if times is not None else 0.0) if clip is not None else None
-    return _finish(path, frames, ts, sel, total, num_frames, fps, notes, origin, used)
+    return times, sel, ts, total, used
 
 
 def _finish(path, frames, ts, sel, total, requested, fps, notes, origin=None, clip=None) -> Video:

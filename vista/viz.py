@@ -160,16 +160,27 @@ def save_token_map(
     return info
 
 
-def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=None, note=None,
-                    max_frames=16, cols=8, dpi=100):
-    """Build (not save) the token-map figure: (Figure, TokenMap, the tile labels' Text objects)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-    from matplotlib.ticker import MaxNLocator
-    from matplotlib.transforms import offset_copy
+@dataclass
+class _PrunedArrays:
+    """The parts of a PrunedVideo the token map draws, as host numpy arrays."""
 
-    frames = _check_frames(frames)
+    keep: np.ndarray  # (T, N) bool
+    foveal: np.ndarray  # (T, N) bool
+    budgets: np.ndarray  # (T,) int64
+    seg: np.ndarray  # (T,) int64 segment id
+    rel: np.ndarray  # (S,) float64 segment relevance
+
+    @property
+    def T(self) -> int:
+        return self.keep.shape[0]
+
+    @property
+    def N(self) -> int:
+        return self.keep.shape[1]
+
+
+def _pruned_arrays(pruned) -> _PrunedArrays:
+    """Read and check (TypeError / ValueError) the arrays of a ``vista.PrunedVideo``."""
     for name in ("keep", "foveal", "budgets", "segment_id", "relevance"):
         if not hasattr(pruned, name):
             raise TypeError(f"pruned must be a vista.PrunedVideo (missing .{name}), got {type(pruned).__name__}")
@@ -180,25 +191,42 @@ def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=Non
     rel = np.asarray(_np(pruned.relevance), dtype=np.float64).reshape(-1)
     if keep.ndim != 2 or foveal.shape != keep.shape:
         raise ValueError(f"pruned.keep and pruned.foveal must be (T, N), got {keep.shape} and {foveal.shape}")
-    T, N = keep.shape
+    T = keep.shape[0]
     if budgets.shape != (T,) or seg.shape != (T,):
         raise ValueError(f"pruned.budgets and pruned.segment_id must be ({T},)")
-    h, w = _grid_of(N, grid)
+    return _PrunedArrays(keep, foveal, budgets, seg, rel)
+
+
+def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=None, note=None,
+                    max_frames=16, cols=8, dpi=100):
+    """Build (not save) the token-map figure: (Figure, TokenMap, the tile labels' Text objects)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frames = _check_frames(frames)
+    pa = _pruned_arrays(pruned)
+    h, w = _grid_of(pa.N, grid)
     if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
         raise ValueError(f"max_frames must be an int >= 1, got {max_frames!r}")
     if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
         raise ValueError(f"cols must be an int >= 1, got {cols!r}")
-    F = frames.shape[0]
-    shown = shown_frames(T, max_frames)
-    frame_hw = frames.shape[1:3]
-    W_px, H_px = token_map_size(len(shown), frame_hw, cols, dpi)
+    shown = shown_frames(pa.T, max_frames)
+    W_px, H_px = token_map_size(len(shown), frames.shape[1:3], cols, dpi)
     W_in, H_in = W_px / dpi, H_px / dpi
 
     fig = Figure(figsize=(W_in, H_in), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    c = max(1, min(cols, len(shown)))
-    tile_h = _TILE_W * frame_hw[0] / frame_hw[1]
-    kept_total = int(keep.sum())
+    _draw_title(fig, H_in, pa, title, question, note)
+    labels = _draw_strip(fig, W_in, H_in, frames, pa, shown, h, w, cols)
+    _draw_legend(fig, H_in)
+    _draw_budget_chart(fig, W_in, H_in, pa, frames.shape[0], shown)
+    return fig, TokenMap(path=os.fspath(path), width=W_px, height=H_px, shown=shown), labels
+
+
+def _draw_title(fig, H_in, pa: _PrunedArrays, title, question, note) -> None:
+    """The title band: the title, the (shortened) question, the kept-token counts and the note."""
+    T, N, rel = pa.T, pa.N, pa.rel
+    kept_total = int(pa.keep.sum())
     head = title or "Vista token map"
     sub = f"{kept_total} of {T * N} visual tokens kept ({100.0 * kept_total / (T * N):.1f}%), {T} frames x {N} tokens, {len(rel)} segment{'s' if len(rel) != 1 else ''}"
     if question:
@@ -210,6 +238,18 @@ def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=Non
     fig.text(0.5, 1 - 0.08 / H_in, head, ha="center", va="top", fontsize=12, weight="bold")
     fig.text(0.5, 1 - 0.28 / H_in, sub, ha="center", va="top", fontsize=8, linespacing=1.3)
 
+
+def _draw_strip(fig, W_in, H_in, frames, pa: _PrunedArrays, shown, h, w, cols):
+    """The frame strip (centred, ``cols`` tiles a row): each shown token frame with its token grid
+    (:func:`compose_tile`), framed in its segment's colour, and its label fitted below
+    (:func:`_fit_labels`). Returns the labels' Text objects."""
+    from matplotlib.transforms import offset_copy
+
+    T, N, keep, foveal, seg = pa.T, pa.N, pa.keep, pa.foveal, pa.seg
+    F = frames.shape[0]
+    frame_hw = frames.shape[1:3]
+    c = max(1, min(cols, len(shown)))
+    tile_h = _TILE_W * frame_hw[0] / frame_hw[1]
     y_top = H_in - _TITLE_H
     labels, label_variants = [], []
     for k, t in enumerate(shown):
@@ -231,8 +271,13 @@ def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=Non
                               fontsize=_LABEL_FS, linespacing=1.15))
         label_variants.append(variants)
     _fit_labels(fig, labels, label_variants, _TILE_W - 2 * _LABEL_GAP, _LABEL_H - 1.5 * _LABEL_GAP)
+    return labels
 
-    # legend band
+
+def _draw_legend(fig, H_in) -> None:
+    """The legend band between the strip and the chart (foveal, anchor, dropped tokens)."""
+    from matplotlib.patches import Patch
+
     y_leg = _CHART_H + _LEGEND_H / 2
     handles = [
         Patch(facecolor="none", edgecolor=np.array(FOVEAL_RGB) / 255, linewidth=2, label="foveal token (scout)"),
@@ -241,11 +286,18 @@ def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=Non
     ]
     fig.legend(handles=handles, loc="center", bbox_to_anchor=(0.5, y_leg / H_in), ncol=3, fontsize=8, frameon=False)
 
-    # budget chart
+
+def _draw_budget_chart(fig, W_in, H_in, pa: _PrunedArrays, F, shown) -> None:
+    """The per-frame budget bars (coloured by segment; solid: foveal, light: anchors), the
+    uniform budget line, each segment's relevance above it, and marks under the frames drawn in
+    the strip when not all are."""
+    from matplotlib.ticker import MaxNLocator
+
+    T, budgets, seg, rel = pa.T, pa.budgets, pa.seg, pa.rel
     ax = fig.add_axes((0.75 / W_in, 0.5 / H_in, (W_in - 1.0) / W_in, (_CHART_H - 0.85) / H_in))
     xs = np.arange(T)
     colors = [_seg_color(int(s)) for s in seg]
-    nfov = (foveal & keep).sum(axis=1)
+    nfov = (pa.foveal & pa.keep).sum(axis=1)
     ax.bar(xs, nfov, width=0.85, color=colors, edgecolor="none")
     ax.bar(xs, budgets - nfov, bottom=nfov, width=0.85, color=colors, alpha=0.45, edgecolor="none")
     if T > 0:
@@ -271,8 +323,6 @@ def _draw_token_map(path, frames, pruned, grid=None, *, question=None, title=Non
                  fontsize=8)
     for t in (shown if len(shown) < T else ()):  # mark the frames drawn in the strip
         ax.plot([t], [0], marker="^", color="black", markersize=3, clip_on=False)
-
-    return fig, TokenMap(path=os.fspath(path), width=W_px, height=H_px, shown=shown), labels
 
 
 def _label_variants(t: int, F: int, T: int, seg: int, kept: int, N: int, nf: int) -> Tuple[str, ...]:

@@ -172,6 +172,10 @@ class Qwen2_5_VLAdapter(AdapterBase):
 
     def _rope_index(self, state, inner, orig, input_ids, types, image_grid_thw, video_grid_thw, second_per_grid_ts,
                     attention_mask, kwargs):
+        """``get_rope_index`` of a batch with pruned videos: each pruned video run is expanded back
+        to its full grid (:func:`_expand_row`), the stock ``orig`` numbers the expanded,
+        left-padded batch, and every token takes the position of its place in the expanded row
+        (:func:`_positions_of_rows`). Returns ((3, B, L) position ids, (B, 1) rope deltas)."""
         m = self.merge(inner.config)
         grids = [(int(t), int(h) // m, int(w) // m) for t, h, w in video_grid_thw.tolist()]
         full = [t * h * w for t, h, w in grids]
@@ -179,68 +183,17 @@ class Qwen2_5_VLAdapter(AdapterBase):
         kept = state.kept
         B, L = input_ids.shape
         dev = input_ids.device
-        rows = []  # (expanded ids, expanded types, map old valid index -> new index)
+        rows = []  # (expanded ids, expanded types, map old valid index -> new index, valid count)
         vk = 0
         for b in range(B):
             valid = attention_mask[b].bool() if attention_mask is not None else torch.ones(L, dtype=torch.bool, device=dev)
-            ids_b = input_ids[b][valid]
-            ty_b = types[b][valid].to(dev)
-            vals, counts = torch.unique_consecutive(ty_b, return_counts=True)
-            new_ids, new_ty, index_map = [], [], []
-            o = n = 0
-            for v, c in zip(vals.tolist(), counts.tolist()):
-                seg_ids, seg_ty = ids_b[o : o + c], ty_b[o : o + c]
-                if v == 2:
-                    if vk >= len(grids):
-                        raise ValueError("more video placeholder runs in input_ids than entries in video_grid_thw")
-                    if c == full[vk]:
-                        new_ids.append(seg_ids)
-                        new_ty.append(seg_ty)
-                        index_map.append(torch.arange(n, n + c, device=dev))
-                        n += c
-                    elif c == short[vk]:
-                        new_ids.append(seg_ids[:1].expand(full[vk]))
-                        new_ty.append(seg_ty[:1].expand(full[vk]))
-                        if kept is not None and vk < len(kept) and kept[vk].numel() == c:
-                            sel = kept[vk].to(dev)
-                        else:  # kept tokens not known yet (generate prepares positions before prefill)
-                            sel = torch.arange(c, device=dev)
-                        index_map.append(n + sel)
-                        n += full[vk]
-                    else:
-                        raise ValueError(
-                            f"video {vk}: {c} placeholder tokens, expected {short[vk]} (retention "
-                            f"{state.config.retention}) or {full[vk]} (unpruned)"
-                        )
-                    vk += 1
-                else:
-                    new_ids.append(seg_ids)
-                    new_ty.append(seg_ty)
-                    index_map.append(torch.arange(n, n + c, device=dev))
-                    n += c
-                o += c
-            rows.append((torch.cat(new_ids), torch.cat(new_ty), torch.cat(index_map), int(valid.sum())))
-        Lx = max(r[0].shape[0] for r in rows)
-        x_ids = torch.zeros(B, Lx, dtype=input_ids.dtype, device=dev)
-        x_ty = torch.zeros(B, Lx, dtype=types.dtype, device=dev)
-        x_mask = torch.zeros(B, Lx, dtype=torch.long, device=dev)
-        for b, (ii, tt, _, _) in enumerate(rows):
-            x_ids[b, Lx - ii.shape[0]:] = ii
-            x_ty[b, Lx - ii.shape[0]:] = tt.to(types.dtype)
-            x_mask[b, Lx - ii.shape[0]:] = 1
+            (ids_x, ty_x, index_map), vk = _expand_row(input_ids[b][valid], types[b][valid].to(dev), vk, full, short,
+                                                       kept, state.config.retention, dev)
+            rows.append((ids_x, ty_x, index_map, int(valid.sum())))
+        x_ids, x_ty, x_mask = _left_pad(rows, input_ids.dtype, types.dtype, dev)
         pos_x, delta_x = orig(x_ids, x_ty, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
                               second_per_grid_ts=second_per_grid_ts, attention_mask=x_mask, **kwargs)
-        position_ids = torch.zeros(3, B, L, dtype=pos_x.dtype, device=dev)
-        deltas = delta_x.clone()
-        for b, (ii, _, imap, n_valid) in enumerate(rows):
-            off = Lx - ii.shape[0]
-            vals = pos_x[:, b, off + imap]
-            if attention_mask is not None:
-                position_ids[:, b, attention_mask[b].bool()] = vals
-            else:
-                position_ids[:, b] = vals
-            deltas[b] = delta_x[b] + (ii.shape[0] - n_valid)
-        return position_ids, deltas
+        return _positions_of_rows(rows, pos_x, delta_x, attention_mask, B, L, dev)
 
     # --- processor ----------------------------------------------------------------------------
     @staticmethod
@@ -262,6 +215,80 @@ class Qwen2_5_VLAdapter(AdapterBase):
             return processor.video_token * n
 
         patch_attr(state, processor, "replace_video_token", _InstanceHook(replace_video_token))
+
+
+def _expand_row(ids_b, ty_b, vk, full, short, kept, retention, dev):
+    """One batch row (its valid tokens ``ids_b`` / token types ``ty_b``) with every pruned video
+    run (type 2, ``short[k]`` tokens) expanded to its full ``full[k]`` tokens; unpruned runs and
+    text stay. Returns ((expanded ids, expanded types, index of each old token in the expanded
+    row: the kept raster indices for a pruned video once known), index of the next video)."""
+    vals, counts = torch.unique_consecutive(ty_b, return_counts=True)
+    new_ids, new_ty, index_map = [], [], []
+    o = n = 0
+    for v, c in zip(vals.tolist(), counts.tolist()):
+        seg_ids, seg_ty = ids_b[o : o + c], ty_b[o : o + c]
+        if v == 2:
+            if vk >= len(full):
+                raise ValueError("more video placeholder runs in input_ids than entries in video_grid_thw")
+            if c == full[vk]:
+                new_ids.append(seg_ids)
+                new_ty.append(seg_ty)
+                index_map.append(torch.arange(n, n + c, device=dev))
+                n += c
+            elif c == short[vk]:
+                new_ids.append(seg_ids[:1].expand(full[vk]))
+                new_ty.append(seg_ty[:1].expand(full[vk]))
+                if kept is not None and vk < len(kept) and kept[vk].numel() == c:
+                    sel = kept[vk].to(dev)
+                else:  # kept tokens not known yet (generate prepares positions before prefill)
+                    sel = torch.arange(c, device=dev)
+                index_map.append(n + sel)
+                n += full[vk]
+            else:
+                raise ValueError(
+                    f"video {vk}: {c} placeholder tokens, expected {short[vk]} (retention "
+                    f"{retention}) or {full[vk]} (unpruned)"
+                )
+            vk += 1
+        else:
+            new_ids.append(seg_ids)
+            new_ty.append(seg_ty)
+            index_map.append(torch.arange(n, n + c, device=dev))
+            n += c
+        o += c
+    return (torch.cat(new_ids), torch.cat(new_ty), torch.cat(index_map)), vk
+
+
+def _left_pad(rows, ids_dtype, types_dtype, dev):
+    """The expanded rows as one left-padded batch: (ids, token types, attention mask), each
+    (B, longest expanded row)."""
+    B = len(rows)
+    Lx = max(r[0].shape[0] for r in rows)
+    x_ids = torch.zeros(B, Lx, dtype=ids_dtype, device=dev)
+    x_ty = torch.zeros(B, Lx, dtype=types_dtype, device=dev)
+    x_mask = torch.zeros(B, Lx, dtype=torch.long, device=dev)
+    for b, (ii, tt, _, _) in enumerate(rows):
+        x_ids[b, Lx - ii.shape[0]:] = ii
+        x_ty[b, Lx - ii.shape[0]:] = tt.to(types_dtype)
+        x_mask[b, Lx - ii.shape[0]:] = 1
+    return x_ids, x_ty, x_mask
+
+
+def _positions_of_rows(rows, pos_x, delta_x, attention_mask, B, L, dev):
+    """Position ids (3, B, L) of the caller's tokens, read from the expanded batch's ``pos_x`` at
+    each token's expanded index; rope deltas grow by the tokens the expansion added."""
+    Lx = max(r[0].shape[0] for r in rows)
+    position_ids = torch.zeros(3, B, L, dtype=pos_x.dtype, device=dev)
+    deltas = delta_x.clone()
+    for b, (ii, _, imap, n_valid) in enumerate(rows):
+        off = Lx - ii.shape[0]
+        vals = pos_x[:, b, off + imap]
+        if attention_mask is not None:
+            position_ids[:, b, attention_mask[b].bool()] = vals
+        else:
+            position_ids[:, b] = vals
+        deltas[b] = delta_x[b] + (ii.shape[0] - n_valid)
+    return position_ids, deltas
 
 
 def _make_get_rope_index(model, inner, adapter, orig):
