@@ -11,20 +11,22 @@ Exit codes: 0 success; 2 bad input (missing/corrupt video, bad or mistyped optio
 damaged model directory), reported as one ``vista <command>: error: ...`` line on stderr with no
 traceback; 1 an unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
 ``vista --version`` / ``--help`` import neither torch nor transformers (see :func:`build_parser`).
+
+One module per sub-command, its parser (``add_<command>_parser``) beside its command (``cmd_<command>``):
+``ask.py``, ``chat.py``, ``demo.py``, ``eval.py``, ``train_scout.py``. This file keeps :func:`main`, the
+lazy dispatch (:func:`build_parser`), the parser class with its one-line errors and typo suggestions,
+and the option types and helpers the sub-commands share. ``python -m vista.cli`` runs :func:`main`.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
-import time
 import warnings
 from typing import List, Optional
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE = 0, 1, 2
-DEMO_QUESTION = "what color is the ball on the left ?"
 
 
 class UsageError(ValueError):
@@ -175,281 +177,6 @@ def _quiet_transformers() -> None:
         _HF_STACK[-1].callback(restore)
 
 
-# ------------------------------------------------------------------------------ vista ask
-
-
-def _print_result(args, res, map_info) -> None:
-    if args.json:
-        rec = res.to_dict()
-        rec["map"] = None if map_info is None else {"path": map_info.path, "width": map_info.width,
-                                                    "height": map_info.height}
-        rec["model"] = getattr(args, "model", None)
-        rec["scout"] = getattr(args, "scout", None)
-        print(json.dumps(rec, indent=None, sort_keys=False))
-        return
-    print(res.answer if res.answer else "(empty answer)")
-    print(f"[vista] {res.summary()}")
-    if map_info is not None:
-        print(f"[vista] token map: {map_info.path} ({map_info.width}x{map_info.height})")
-
-
-def cmd_ask(args) -> int:
-    from .video import load_video
-
-    if not os.path.isdir(args.model):
-        raise UsageError(f"--model {args.model}: no such directory (expected a saved model + processor)")
-    if args.scout is not None and not os.path.isdir(args.scout):
-        raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
-    _check_map_path(args.save_map)
-    progress = _show_progress(args)
-    video = None  # with --cache-dir, ask decodes (or finds the frames) through the cache
-    if args.cache_dir is None:
-        video = load_video(args.video, args.frames, progress=progress, start=args.start, end=args.end)
-
-    _quiet_transformers()
-    from .config import VistaConfig
-    from .pipeline import VistaPipeline
-
-    config = VistaConfig(retention=args.retention, backend=args.backend)
-    # one question: no memory cache; --cache-dir shares frames and features with later runs
-    pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device,
-                         dtype=args.dtype, num_frames=args.frames, progress=progress, cache_bytes=0,
-                         cache_dir=args.cache_dir)
-    clip = None if video is not None or (args.start is None and args.end is None) else (args.start, args.end)
-    res = pipe.ask(video if video is not None else args.video, args.question, max_new_tokens=args.max_new_tokens,
-                   clip=clip)
-    map_info = res.save_map(args.save_map) if args.save_map else None
-    for n in res.notes:  # after success, so that a failure is reported on one line
-        _note(args, n)
-    _print_result(args, res, map_info)
-    return EXIT_OK
-
-
-def _check_map_path(path: Optional[str]) -> None:
-    if path is None:
-        return
-    if not path.lower().endswith(".png"):
-        raise UsageError(f"--save-map {path}: the token map is a PNG; give a path ending in .png")
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise UsageError(f"--save-map {path}: {parent} is not a directory")
-    if os.path.isdir(path):
-        raise UsageError(f"--save-map {path}: is a directory")
-
-
-# ------------------------------------------------------------------------------ vista chat
-
-CHAT_HELP = ("type a question (one a line); /map FILE.png saves the last answer's token map, "
-             "/retention R changes retention, /quit (or end of input) ends")
-
-
-def _chat_lines(interactive: bool):
-    """Questions and commands: from the terminal (with a prompt) or from stdin, one a line."""
-    if interactive:
-        while True:
-            try:
-                yield input("vista> ")
-            except EOFError:
-                sys.stdout.write("\n")
-                return
-    else:
-        for line in sys.stdin:
-            yield line
-
-
-def _chat_command(args, pipe, line: str, last) -> None:
-    """Run one /command of ``vista chat``; raises UsageError on bad input."""
-    cmd, _, rest = line.partition(" ")
-    rest = rest.strip()
-    if cmd == "/map":
-        if not rest:
-            raise UsageError("/map needs a file name, e.g. /map map.png")
-        if last is None:
-            raise UsageError("/map: no answer yet; ask a question first")
-        _check_map_path(rest)
-        m = last.save_map(rest)
-        print(f"[vista] token map: {m.path} ({m.width}x{m.height})", flush=True)
-    elif cmd == "/retention":
-        try:
-            r = _retention(rest)
-        except argparse.ArgumentTypeError as e:
-            raise UsageError(f"/retention {e}") from None
-        pipe.set_config(pipe.config.replace(retention=r))
-        print(f"[vista] retention {r:g}", flush=True)
-    elif cmd == "/help":
-        print(f"[vista] {CHAT_HELP}", flush=True)
-    else:
-        raise UsageError(f"unknown command {cmd!r}; {CHAT_HELP}")
-
-
-def cmd_chat(args) -> int:
-    if not os.path.isdir(args.model):
-        raise UsageError(f"--model {args.model}: no such directory (expected a saved model + processor)")
-    if args.scout is not None and not os.path.isdir(args.scout):
-        raise UsageError(f"--scout {args.scout}: no such directory (expected a saved BLIP-2 ITM scout)")
-    progress = _show_progress(args)
-    _quiet_transformers()
-    from .config import VistaConfig
-    from .pipeline import VistaPipeline
-    from .video import check_time_range
-
-    clip = check_time_range(args.start, args.end)
-    config = VistaConfig(retention=args.retention, backend=args.backend)
-    pipe = VistaPipeline(args.model, scout_path=args.scout, config=config, device=args.device, dtype=args.dtype,
-                         num_frames=args.frames, progress=progress, cache_dir=args.cache_dir)
-    video = pipe.open_video(args.video, clip=clip)  # decode once, up front: a bad video fails here
-    for n in video.notes:
-        _note(args, n)
-    interactive = sys.stdin.isatty()
-    if interactive and not args.quiet:
-        print(f"vista chat: {video.summary()}; {CHAT_HELP}", flush=True)
-    history: list = []
-    last = None
-    for raw in _chat_lines(interactive):
-        line = raw.strip()
-        if not line:
-            continue
-        if line in ("/quit", "/exit", "/q"):
-            break
-        if line.startswith("/"):
-            try:
-                _chat_command(args, pipe, line, last)
-            except (UsageError, ValueError, OSError) as e:  # the session goes on
-                sys.stderr.write(f"vista chat: error: {_one_line(e)}\n")
-                sys.stderr.flush()
-            continue
-        res = pipe.ask(args.video, line, max_new_tokens=args.max_new_tokens, clip=clip,
-                       history=history if args.history else None)
-        last = res
-        if args.history:
-            history.append((line, res.answer))
-        _print_result(args, res, None)
-        sys.stdout.flush()
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------------------ vista demo
-
-
-def _demo_table(res) -> List[str]:
-    p = res.pruned
-    if p is None:  # pragma: no cover - ask records an all-kept video at retention 1.0
-        return ["(no pruning record: the model did not run Vista on the video)"]
-    lines = ["frame  segment  relevance  budget  foveal  anchors"]
-    rel = p.relevance.tolist()
-    for t in range(int(p.budgets.shape[0])):
-        s = int(p.segment_id[t])
-        fov = int((p.foveal[t] & p.keep[t]).sum())
-        kept = int(p.keep[t].sum())
-        lines.append(f"{t:5d}  {s:7d}  {rel[s]:9.3f}  {int(p.budgets[t]):6d}  {fov:6d}  {kept - fov:7d}")
-    for seg in res.segments():
-        lines.append(f"segment {seg['segment']}: frames {seg['first_frame']}-{seg['last_frame']}, "
-                     f"relevance {seg['relevance']:.3f}, {seg['tokens']} tokens")
-    return lines
-
-
-DEMO_MODEL_DIRS = {"model": "llava-onevision-tiny", "scout": "scout-tiny"}
-
-
-def _save_dir_atomically(final: str, save) -> None:
-    """``save(tmp)`` into a fresh folder next to ``final``, fsync its files, then rename it into place
-    (an existing ``final`` is replaced only once the new copy is complete)."""
-    import shutil
-    import tempfile
-
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", dir=parent)
-    try:
-        save(tmp)
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        old = None
-        if os.path.exists(final):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.old.", dir=parent)
-            os.replace(final, os.path.join(old, "x"))
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
-    """Write the demo's tiny models (``save_pretrained`` layout) under ``folder``; say how to use them."""
-    m = os.path.join(folder, DEMO_MODEL_DIRS["model"])
-
-    def save_model(tmp):
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-
-    _save_dir_atomically(m, save_model)
-    lines = [f"saved the tiny LLaVA-OneVision model + processor to {m}"]
-    use = f'vista ask VIDEO "QUESTION" --model {m}'
-    if scout is not None:
-        sc = os.path.join(folder, DEMO_MODEL_DIRS["scout"])
-        _save_dir_atomically(sc, scout.save_pretrained)
-        lines.append(f"saved the tiny BLIP-2 scout to {sc}")
-        use += f" --scout {sc}"
-    lines.append(f"use them offline, e.g.: {use}")
-    return lines
-
-
-def cmd_demo(args) -> int:
-    import tempfile
-
-    _check_map_path(args.save_map)
-    if args.save_models and os.path.exists(args.save_models) and not os.path.isdir(args.save_models):
-        raise UsageError(f"--save-models {args.save_models}: exists and is not a directory")
-    progress = _show_progress(args)
-    out = (lambda *a: None) if args.json else print
-    _quiet_transformers()
-    t0 = time.perf_counter()
-    from .config import VistaConfig
-    from .pipeline import VistaPipeline
-    from .scout import build_tiny_scout
-    from .tiny_models import build_tiny_llava_onevision
-    from .video import load_video, synthetic_video, write_video
-
-    config = VistaConfig(retention=args.retention, backend=args.backend)
-    with tempfile.TemporaryDirectory(prefix="vista-demo-") as tmp:
-        clip = synthetic_video(args.frames, height=96, width=128, seed=args.seed, scenes=3)
-        mp4 = write_video(os.path.join(tmp, "demo.mp4"), clip.frames, fps=8.0)
-        out(f"vista demo: synthetic {args.frames}-frame clip (moving shapes, 3 scenes) written to mp4 and decoded back")
-        video = load_video(mp4, args.frames, progress=progress)
-        model, processor = build_tiny_llava_onevision(seed=args.seed)
-        scout = None if args.no_scout else build_tiny_scout(seed=args.seed)
-        build_s = time.perf_counter() - t0
-        if args.save_models:
-            for line in _save_demo_models(args.save_models, model, processor, scout):
-                out(line)
-        out(f"models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
-            + ("" if scout is None else " + tiny random BLIP-2 scout")
-            + f", built in {build_s:.1f}s -- random weights: the answer is noise, the pruning is real")
-        pipe = VistaPipeline.from_components(model, processor, scout, config, num_frames=args.frames,
-                                             progress=progress)
-        pipe.timings["load"] = build_s
-        res = pipe.ask(video, args.question, max_new_tokens=args.max_new_tokens)
-        out(f"question: {args.question}")
-        for line in _demo_table(res):
-            out(line)
-        map_info = res.save_map(args.save_map) if args.save_map else None
-        if args.json:
-            _print_result(args, res, map_info)
-        else:
-            out(f"answer: {res.answer if res.answer else '(empty)'}")
-            out(f"[vista] {res.summary()}")
-            if map_info is not None:
-                out(f"[vista] token map: {map_info.path} ({map_info.width}x{map_info.height})")
-    return EXIT_OK
-
-
 # ------------------------------------------------------------------------------ parser / main
 
 
@@ -468,88 +195,27 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argp
     """The ``vista`` parser. With ``full=False`` only the sub-command named in ``argv`` gets its
     options; the others are registered by name and help line only, so ``vista --version`` /
     ``vista --help`` import neither torch nor transformers (train-scout's options need torch)."""
-    from . import __version__
+    from .. import __version__
+    from .ask import add_ask_parser
+    from .chat import add_chat_parser
+    from .demo import add_demo_parser
 
     wanted = None if full else _command_in(argv)
 
     p = _Parser(prog="vista", description="Query-guided visual token pruning for video LLMs (Vista-LLM).")
     p.add_argument("--version", action="version", version=f"vista-llm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{ask,chat,demo,eval,train-scout}")
-
-    def common(sp, frames_default):
-        sp.add_argument("--retention", type=_retention, default=0.15, metavar="R",
-                        help="fraction of visual tokens kept, in (0, 1] (default 0.15)")
-        sp.add_argument("--frames", type=_positive_int("--frames"), default=frames_default, metavar="N",
-                        help=f"frames sampled uniformly from the video (default {frames_default})")
-        max_new = 128 if sp.prog.endswith(("ask", "chat")) else 8
-        sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), metavar="N",
-                        default=max_new, help=f"answer length limit in tokens (default {max_new})")
-        sp.add_argument("--json", action="store_true", help="print one JSON record instead of text")
-        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes")
-        sp.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
-                        help="kernel backend of the pruning ops (default auto)")
-
-    a = sub.add_parser("ask", help="answer a question about a video with a pruned model",
-                       description="Answer a question about a video; Vista prunes the visual tokens.")
-    a.add_argument("video", help="video file, image file or folder of images")
-    a.add_argument("question", help="the question, in quotes")
-    a.add_argument("--model", required=True, metavar="PATH",
-                   help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
-    a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (default: none, every kept token is a DPC-KNN anchor)")
-    a.add_argument("--save-map", metavar="PNG", help="write the token map picture here (default: no map)")
-    a.add_argument("--start", type=float, default=None, metavar="SEC",
-                   help="use only the video from this time on (seconds; video files only; default: the start)")
-    a.add_argument("--end", type=float, default=None, metavar="SEC",
-                   help="use only the video up to this time (seconds; video files only; default: the end)")
-    a.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="reuse / keep the video's decoded frames and features here, across runs (default: none)")
-    a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    a.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="model dtype (default: the loader's)")
-    common(a, 64)
-    a.set_defaults(func=cmd_ask)
-
-    c = sub.add_parser("chat", help="ask many questions about one video (decoded and encoded once)",
-                       description="Load the model once, decode and encode the video once, then answer "
-                                   "questions read from the terminal (or stdin, one a line). " + CHAT_HELP + ".")
-    c.add_argument("video", help="video file, image file or folder of images")
-    c.add_argument("--model", required=True, metavar="PATH",
-                   help="saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory")
-    c.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
-    c.add_argument("--start", type=float, default=None, metavar="SEC", help="use only the video from this time on")
-    c.add_argument("--end", type=float, default=None, metavar="SEC", help="use only the video up to this time")
-    c.add_argument("--history", action="store_true",
-                   help="put earlier questions and answers into the prompt (as text; default: each question alone)")
-    c.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="also keep the video's features on disk here, for later sessions")
-    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    c.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="model dtype (default: the loader's)")
-    common(c, 64)
-    c.set_defaults(func=cmd_chat)
-
-    d = sub.add_parser("demo", help="offline demo: tiny random models on a synthetic video (no download)",
-                       description="Build tiny random-weight models and a synthetic video, answer a question "
-                                   "with Vista pruning, print the budgets and write the token map.")
-    d.add_argument("--question", default=DEMO_QUESTION, help=f"question (default {DEMO_QUESTION!r})")
-    d.add_argument("--save-map", metavar="PNG", default="vista_demo_map.png",
-                   help="token map picture (default vista_demo_map.png)")
-    d.add_argument("--no-scout", action="store_true", help="run without the semantic scout (anchors only)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and the video (default 0)")
-    d.add_argument("--save-models", metavar="DIR", default=None,
-                   help=f"also save the tiny models to DIR/{DEMO_MODEL_DIRS['model']} and "
-                        f"DIR/{DEMO_MODEL_DIRS['scout']}, for offline `vista ask/eval/train-scout` (default: not saved)")
-    common(d, 16)
-    d.set_defaults(func=cmd_demo)
-
+    add_ask_parser(sub)
+    add_chat_parser(sub)
+    add_demo_parser(sub)
     if full or wanted == "eval":
-        from .eval.cli import add_eval_parser
+        from .eval import add_eval_parser
 
         add_eval_parser(sub)
     else:
         sub.add_parser("eval", help="accuracy / FLOPs / latency sweep over retention ratios on local benchmark files")
     if full or wanted == "train-scout":
-        from .scout.train import add_train_scout_parser
+        from .train_scout import add_train_scout_parser
 
         add_train_scout_parser(sub)
     else:
@@ -558,13 +224,29 @@ def build_parser(argv: Optional[List[str]] = None, *, full: bool = True) -> argp
     return p
 
 
+def add_common_options(sp, frames_default: int) -> None:
+    """The options every model-running sub-command shares (ask, chat, demo): retention, frames,
+    answer length, output form and kernel backend."""
+    sp.add_argument("--retention", type=_retention, default=0.15, metavar="R",
+                    help="fraction of visual tokens kept, in (0, 1] (default 0.15)")
+    sp.add_argument("--frames", type=_positive_int("--frames"), default=frames_default, metavar="N",
+                    help=f"frames sampled uniformly from the video (default {frames_default})")
+    max_new = 128 if sp.prog.endswith(("ask", "chat")) else 8
+    sp.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), metavar="N",
+                    default=max_new, help=f"answer length limit in tokens (default {max_new})")
+    sp.add_argument("--json", action="store_true", help="print one JSON record instead of text")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes")
+    sp.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto",
+                    help="kernel backend of the pruning ops (default auto)")
+
+
 def _user_errors():
     """Exception types that mean bad input (exit 2, one line)."""
-    from .video import VideoError
+    from ..video import VideoError
 
     errs = [UsageError, VideoError, FileNotFoundError, NotADirectoryError, PermissionError]
     try:
-        from .pipeline import PipelineError
+        from ..pipeline import PipelineError
 
         errs.append(PipelineError)
     except ImportError:  # pragma: no cover
@@ -615,7 +297,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} "
                          "(set VISTA_DEBUG=1 for the traceback)\n")
         return EXIT_INTERNAL
-
-
-if __name__ == "__main__":
-    sys.exit(main())
