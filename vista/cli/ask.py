@@ -20,12 +20,9 @@ def add_ask_parser(sub) -> None:
     add_video_model_options(a, question=True)
     a.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (default: none, every kept token is a DPC-KNN anchor)")
     a.add_argument("--save-map", metavar="PNG", help="write the token map picture here (default: no map)")
-    a.add_argument("--start", type=float, default=None, metavar="SEC",
-                   help="use only the video from this time on (seconds; video files only; default: the start)")
-    a.add_argument("--end", type=float, default=None, metavar="SEC",
-                   help="use only the video up to this time (seconds; video files only; default: the end)")
-    a.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="reuse / keep the video's decoded frames and features here, across runs (default: none)")
+    add_clip_options(a, "use only the video from this time on (seconds; video files only; default: the start)",
+                     "use only the video up to this time (seconds; video files only; default: the end)")
+    add_cache_dir_option(a, "reuse / keep the video's decoded frames and features here, across runs (default: none)")
     add_device_options(a)
     add_common_options(a, 64)
     a.set_defaults(func=cmd_ask)
@@ -37,6 +34,17 @@ def add_video_model_options(sp, *, question: bool) -> None:
     if question:
         sp.add_argument("question", help="the question, in quotes")
     sp.add_argument("--model", required=True, metavar="PATH", help=MODEL_HELP)
+
+
+def add_clip_options(sp, start_help: str, end_help: str) -> None:
+    """``--start SEC`` / ``--end SEC``: the part of the video used (ask and chat word the help apart)."""
+    sp.add_argument("--start", type=float, default=None, metavar="SEC", help=start_help)
+    sp.add_argument("--end", type=float, default=None, metavar="SEC", help=end_help)
+
+
+def add_cache_dir_option(sp, help_text: str) -> None:
+    """``--cache-dir DIR``: decoded frames and features kept on disk across runs."""
+    sp.add_argument("--cache-dir", metavar="DIR", default=None, help=help_text)
 
 
 def add_device_options(sp) -> None:

@@ -9,7 +9,15 @@ import argparse
 import sys
 
 from . import EXIT_OK, UsageError, _note, _one_line, _quiet_transformers, _retention, _show_progress, add_common_options
-from .ask import _check_map_path, _print_result, add_device_options, add_video_model_options, check_model_dirs
+from .ask import (
+    _check_map_path,
+    _print_result,
+    add_cache_dir_option,
+    add_clip_options,
+    add_device_options,
+    add_video_model_options,
+    check_model_dirs,
+)
 
 CHAT_HELP = ("type a question (one a line); /map FILE.png saves the last answer's token map, "
              "/retention R changes retention, /quit (or end of input) ends")
@@ -21,12 +29,10 @@ def add_chat_parser(sub) -> None:
                                    "questions read from the terminal (or stdin, one a line). " + CHAT_HELP + ".")
     add_video_model_options(c, question=False)
     c.add_argument("--scout", metavar="PATH", help="saved BLIP-2 ITM scout directory (optional)")
-    c.add_argument("--start", type=float, default=None, metavar="SEC", help="use only the video from this time on")
-    c.add_argument("--end", type=float, default=None, metavar="SEC", help="use only the video up to this time")
+    add_clip_options(c, "use only the video from this time on", "use only the video up to this time")
     c.add_argument("--history", action="store_true",
                    help="put earlier questions and answers into the prompt (as text; default: each question alone)")
-    c.add_argument("--cache-dir", metavar="DIR", default=None,
-                   help="also keep the video's features on disk here, for later sessions")
+    add_cache_dir_option(c, "also keep the video's features on disk here, for later sessions")
     add_device_options(c)
     add_common_options(c, 64)
     c.set_defaults(func=cmd_chat)

@@ -4,39 +4,45 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 
 from ..scout.train.trainer import ScoutTrainConfig, _latest_checkpoint, train_scout
 
-# The recipe's hyper-parameters, in --help order: (option, type, metavar, help). The destination is
-# the ScoutTrainConfig field of the same name, the default that field's.
-_HYPER_OPTIONS = (
-    ("--lr", float, None, "AdamW learning rate"),
-    ("--batch-size", int, "N", "micro-batch of image-phrase pairs (hard negatives are mined inside it)"),
-    ("--grad-accum", int, "N", "micro-batches per optimizer step"),
-    ("--weight-decay", float, None, "AdamW weight decay"),
-    ("--warmup-steps", int, "N", "linear learning-rate warm-up, in optimizer steps"),
-    ("--lr-schedule", ("constant", "cosine"), None, "learning-rate schedule after the warm-up"),
-    ("--max-grad-norm", float, None, "gradient-norm clipping (0: no clipping)"),
-    ("--max-steps", int, "N", "optimizer steps (None: --epochs passes over the training split)"),
-    ("--epochs", int, "N", "passes over the training split when --max-steps is not given"),
-    ("--alpha", float, None, "weight of the alignment loss"),
-    ("--top-k", int, "K", "K of the soft top-K patch mask of the alignment loss"),
-    ("--mask-temperature", float, "T", "temperature T of the soft top-K mask sigmoid((S - tau) / T)"),
-    ("--mask-score-norm", ("none", "max"), None,
-     "'max': rescale S to max 1 before the soft top-K mask ('none': the paper's mask on eq. 6 scores)"),
-    ("--itc-temperature", float, None, "temperature of the image-text contrastive loss"),
-    ("--projector-hidden", int, "N", "hidden width of the Key Token Projector (None: the vision width)"),
-    ("--projector-dropout", float, None, "dropout inside the Key Token Projector"),
-    ("--min-words", int, "N", "drop region phrases with fewer words"),
-    ("--max-text-len", int, "N", "phrase length limit in tokens"),
-    ("--val-fraction", float, None, "share of the images held out for validation"),
-    ("--max-eval-batches", int, "N", "validation micro-batches per evaluation"),
-    ("--eval-every", int, "N", "validate every N optimizer steps (0: only at the end)"),
-    ("--save-every", int, "N", "write a resumable checkpoint-N/ every N optimizer steps (0: only at the end)"),
-    ("--save-total-limit", int, "N", "checkpoint-N folders kept (0: keep all)"),
-    ("--seed", int, None, "seed of the split, shuffling and initialisation"),
-    ("--num-workers", int, "N", "data-loader worker processes"),
-)
+# The recipe's hyper-parameters on the command line, in --help order: ScoutTrainConfig field -> help.
+# The option is the field's name with dashes (--batch-size), its default the field's default, its
+# type the field's (int or float) unless it has choices; metavars as below (none: argparse's own).
+_FIELD_HELP = {
+    "lr": "AdamW learning rate",
+    "batch_size": "micro-batch of image-phrase pairs (hard negatives are mined inside it)",
+    "grad_accum": "micro-batches per optimizer step",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear learning-rate warm-up, in optimizer steps",
+    "lr_schedule": "learning-rate schedule after the warm-up",
+    "max_grad_norm": "gradient-norm clipping (0: no clipping)",
+    "max_steps": "optimizer steps (None: --epochs passes over the training split)",
+    "epochs": "passes over the training split when --max-steps is not given",
+    "alpha": "weight of the alignment loss",
+    "top_k": "K of the soft top-K patch mask of the alignment loss",
+    "mask_temperature": "temperature T of the soft top-K mask sigmoid((S - tau) / T)",
+    "mask_score_norm": "'max': rescale S to max 1 before the soft top-K mask ('none': the paper's mask "
+                       "on eq. 6 scores)",
+    "itc_temperature": "temperature of the image-text contrastive loss",
+    "projector_hidden": "hidden width of the Key Token Projector (None: the vision width)",
+    "projector_dropout": "dropout inside the Key Token Projector",
+    "min_words": "drop region phrases with fewer words",
+    "max_text_len": "phrase length limit in tokens",
+    "val_fraction": "share of the images held out for validation",
+    "max_eval_batches": "validation micro-batches per evaluation",
+    "eval_every": "validate every N optimizer steps (0: only at the end)",
+    "save_every": "write a resumable checkpoint-N/ every N optimizer steps (0: only at the end)",
+    "save_total_limit": "checkpoint-N folders kept (0: keep all)",
+    "seed": "seed of the split, shuffling and initialisation",
+    "num_workers": "data-loader worker processes",
+}
+_CHOICES = {"lr_schedule": ("constant", "cosine"), "mask_score_norm": ("none", "max")}
+_METAVAR = dict({"top_k": "K", "mask_temperature": "T"}, **dict.fromkeys((
+    "batch_size", "grad_accum", "warmup_steps", "max_steps", "epochs", "projector_hidden", "min_words",
+    "max_text_len", "max_eval_batches", "eval_every", "save_every", "save_total_limit", "num_workers"), "N"))
 
 
 def add_train_scout_parser(subparsers) -> argparse.ArgumentParser:
@@ -77,13 +83,17 @@ def _add_run_options(p) -> None:
 
 
 def _add_hyper_options(p) -> None:
-    """One option per entry of ``_HYPER_OPTIONS``, its default from :class:`ScoutTrainConfig`."""
+    """One option per entry of ``_FIELD_HELP``, its default and type from :class:`ScoutTrainConfig`."""
     d = ScoutTrainConfig()
-    for flag, kind, metavar, help_text in _HYPER_OPTIONS:
-        kw = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
-        if metavar is not None:
-            kw["metavar"] = metavar
-        p.add_argument(flag, default=getattr(d, flag[2:].replace("-", "_")), help=help_text, **kw)
+    hints = typing.get_type_hints(ScoutTrainConfig)
+    for name, help_text in _FIELD_HELP.items():
+        if name in _CHOICES:
+            kw = {"choices": _CHOICES[name]}
+        else:  # int, Optional[int] or float
+            kw = {"type": int if int in (hints[name], *typing.get_args(hints[name])) else float}
+        if name in _METAVAR:
+            kw["metavar"] = _METAVAR[name]
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(d, name), help=help_text, **kw)
 
 
 def _config_from_args(args) -> ScoutTrainConfig:
