@@ -121,7 +121,7 @@ def test_train_scout_model_check_accepts_cached_ids_and_names_damaged_folders(tm
 
     import huggingface_hub.constants as hc
 
-    from vista.scout.train import check_model_source
+    from vista.cli.train_scout import check_model_source
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(_fake_cache(tmp_path / "cache", "Org/scout")))
     assert check_model_source("Org/scout") == "Org/scout"
@@ -139,7 +139,7 @@ def test_train_scout_model_check_accepts_cached_ids_and_names_damaged_folders(tm
 
 @pytest.mark.slow
 def test_demo_save_models_gives_models_the_commands_read(tmp_path, capsys):
-    from vista.cli import DEMO_MODEL_DIRS
+    from vista.cli.demo import DEMO_MODEL_DIRS
 
     out = tmp_path / "tiny"
     assert main(["demo", "--frames", "4", "--max-new-tokens", "2", "--quiet", "--save-models", str(out),

@@ -39,7 +39,7 @@ def _write_clips(root, n):
 
 def test_tiny_model_two_retentions_table_and_resume(write_jsonl, tmp_path, capsys):
     _pipeline_or_skip()
-    from vista.eval.cli import add_eval_parser, cmd_eval
+    from vista.cli.eval import add_eval_parser, cmd_eval
     from vista.tiny_models import build_tiny_llava_onevision
 
     model_dir = tmp_path / "tiny-ov"

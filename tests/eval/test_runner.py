@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from vista.cli import UsageError
-from vista.eval.cli import add_eval_parser, cmd_eval
+from vista.cli.eval import add_eval_parser, cmd_eval
 from vista.eval.readers import load_benchmark
 from vista.eval.runner import (
     ResultCache,

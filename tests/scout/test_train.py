@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 PIL_Image = pytest.importorskip("PIL.Image")
 
 from vista.scout import train as T  # noqa: E402
+from vista.scout.train.objective import _qformer_itm  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # synthetic Visual Genome data: coloured rectangles on coloured backgrounds
@@ -288,7 +289,7 @@ def test_default_soft_topk_mask_is_a_real_top_k_on_the_tiny_scout():
     patches reach 0.5; the old mean over heads and queries (S ≈ 1/P) left the mask ≈ 0.5 everywhere."""
     sc, img, ids, am = _tiny_scout_inputs()
     with torch.no_grad():
-        _, cross = T._qformer_itm(sc.model, img, ids, am)
+        _, cross = _qformer_itm(sc.model, img, ids, am)
     assert cross.shape == (4, 4, 8, 256)
     S = T.patch_importance(cross, num_prefix_tokens=0)
     cfg = T.ScoutTrainConfig()
@@ -314,10 +315,10 @@ def test_mask_scores_are_pre_dropout_probabilities_in_training():
     scored.attention_dropout = 0.5  # only the scored layer's attention probabilities see dropout
     with torch.no_grad():
         model.eval()
-        logits_eval, cross_eval = T._qformer_itm(model, img, ids, am)
+        logits_eval, cross_eval = _qformer_itm(model, img, ids, am)
         model.train()
         torch.manual_seed(0)
-        logits_train, cross_train = T._qformer_itm(model, img, ids, am)
+        logits_train, cross_train = _qformer_itm(model, img, ids, am)
         model.eval()
     assert (logits_train - logits_eval).abs().max() > 1e-4  # dropout did act on the forward ...
     torch.testing.assert_close(cross_train, cross_eval, rtol=1e-6, atol=1e-7)  # ... but not on S's input
@@ -635,10 +636,13 @@ def test_resume_from_a_checkpoint_without_the_new_keys(env, run_a, tmp_path):
 def test_cli_parser_and_command(env, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="vista")
     sub = parser.add_subparsers(dest="command", required=True)
-    T.add_train_scout_parser(sub)
+    from vista.cli import train_scout as C
+
+    assert T.add_train_scout_parser is C.add_train_scout_parser  # still importable from vista.scout.train
+    C.add_train_scout_parser(sub)
     a = parser.parse_args(["train-scout", "--regions", "r.json", "--images", "i1", "--images", "i2", "--output", "o"])
-    assert a.images == ["i1", "i2"] and a.func is T.cmd_train_scout
-    cfg = T._config_from_args(a)
+    assert a.images == ["i1", "i2"] and a.func is C.cmd_train_scout is T.cmd_train_scout
+    cfg = C._config_from_args(a)
     assert (cfg.lr, cfg.batch_size, cfg.grad_accum, cfg.alpha, cfg.top_k, cfg.mask_temperature) == \
         (5e-5, 16, 20, 2.0, 64, 0.1)
     out = str(tmp_path / "cli")
@@ -818,10 +822,10 @@ def test_a_failed_save_leaves_no_checkpoint_folder(env, run_a, tmp_path, monkeyp
             fh.write(b"PK\x03\x04 half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", broken)
+    monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError, match="disk full"):
         trainer.save_checkpoint()
-    monkeypatch.setattr(T.torch, "save", real)
+    monkeypatch.setattr(torch, "save", real)
     assert not os.path.exists(os.path.join(trainer.output_dir, "checkpoint-2"))
     assert not [n for n in os.listdir(trainer.output_dir) if n.startswith(".tmp-")]
     d = trainer.save_checkpoint()
@@ -862,7 +866,9 @@ def test_sigkill_during_a_checkpoint_save_then_resume_auto(env, run_a, tmp_path)
     out = str(tmp_path / "killed")
     script = tmp_path / "train_and_die.py"
     script.write_text(_KILL_SCRIPT)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(T.__file__))))
+    import vista
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(vista.__file__)))
     env_vars = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, str(script), env["model"], env["regions"], env["images"], out],
                           env=env_vars, capture_output=True, text=True, timeout=300)

@@ -400,6 +400,22 @@ def frames_from_qwen_pixel_values(
         so ``map_scores_to_grid(scores, scout.grid_hw, (h_i // merge_size, w_i // merge_size),
         temporal_pairs=True)`` gives exactly t_i rows, one per Qwen token frame.
     """
+    thw, counts = _qwen_video_grid(pixel_values_videos, video_grid_thw, patch_size, temporal_patch_size, merge_size)
+    C, tp, p, m = 3, temporal_patch_size, patch_size, merge_size
+    out = []
+    for (t, h, w), chunk in zip(thw, pixel_values_videos.split(counts, 0)):
+        if h % m or w % m:
+            raise ValueError(f"video grid {h}x{w} is not divisible by merge_size={m}")
+        x = chunk.view(t, h // m, w // m, m, m, C, tp, p, p)
+        # -> (t, tp, C, h//m, m, p, w//m, m, p)
+        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, C, h * p, w * p)
+        out.append(_denormalize_resize(x, image_mean, image_std, size))
+    return out
+
+
+def _qwen_video_grid(pixel_values_videos, video_grid_thw, patch_size: int, temporal_patch_size: int,
+                     merge_size: int) -> Tuple[List[Tuple[int, int, int]], List[int]]:
+    """Check the Qwen patch layout; returns the (t, h, w) grid of each video and its patch count."""
     if not isinstance(pixel_values_videos, torch.Tensor) or not pixel_values_videos.is_floating_point():
         raise TypeError("pixel_values_videos must be a float torch.Tensor of flattened patches")
     if not isinstance(video_grid_thw, torch.Tensor):
@@ -412,7 +428,7 @@ def frames_from_qwen_pixel_values(
     for name, v in (("patch_size", patch_size), ("temporal_patch_size", temporal_patch_size), ("merge_size", merge_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    C, tp, p, m = 3, temporal_patch_size, patch_size, merge_size
+    C, tp, p = 3, temporal_patch_size, patch_size
     if pixel_values_videos.dim() != 2 or pixel_values_videos.shape[1] != C * tp * p * p:
         raise ValueError(
             f"pixel_values_videos must be (patches, {C * tp * p * p}) for patch_size={p}, "
@@ -425,15 +441,7 @@ def frames_from_qwen_pixel_values(
             f"video_grid_thw accounts for {sum(counts)} patches but pixel_values_videos has "
             f"{pixel_values_videos.shape[0]}"
         )
-    out = []
-    for (t, h, w), chunk in zip(thw, pixel_values_videos.split(counts, 0)):
-        if h % m or w % m:
-            raise ValueError(f"video grid {h}x{w} is not divisible by merge_size={m}")
-        x = chunk.view(t, h // m, w // m, m, m, C, tp, p, p)
-        # -> (t, tp, C, h//m, m, p, w//m, m, p)
-        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, C, h * p, w * p)
-        out.append(_denormalize_resize(x, image_mean, image_std, size))
-    return out
+    return thw, counts
 
 
 def _channel_stat(v, name: str, device) -> torch.Tensor:
@@ -858,14 +866,35 @@ def qformer_scored_attention(model, qformer_layer: int, image_embeds: torch.Tens
         attn (B, heads, Nq, P) float32, rows summing to 1 over the P+1 keys (CLS dropped); with
         ``full_forward``: ``(attn, last_hidden_state (B, Nq + L, hidden))``.
     """
-    from transformers.masking_utils import create_bidirectional_mask
-    from transformers.pytorch_utils import apply_chunking_to_forward
-
-    qf = model.qformer
-    layers = qf.encoder.layer
+    layers = model.qformer.encoder.layer
     layer = layers[qformer_layer]
     if not getattr(layer, "has_cross_attention", False):
         raise ValueError(f"Q-Former layer {qformer_layer} has no cross-attention")
+    hidden, ext_mask, enc, nq = _qformer_inputs(model, image_embeds, input_ids, attention_mask)
+    for i in range(qformer_layer):
+        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
+    # the scored layer, step by step: self-attention, then the queries' cross-attention
+    self_out = layer.attention(hidden_states=hidden, attention_mask=ext_mask)
+    queries = self_out[:, :nq, :]
+    attn = _attention_probs(layer.crossattention.attention, queries, enc)[..., 1:]  # drop the CLS key
+    if not full_forward:
+        return attn
+    hidden = _finish_cross_attention_layer(layer, self_out, ext_mask, enc, nq)
+    for i in range(qformer_layer + 1, len(layers)):
+        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
+    return attn, hidden
+
+
+def _qformer_inputs(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """What ``Blip2QFormerModel.forward`` feeds its first layer, for query tokens + question.
+
+    Returns ``(hidden (B, Nq + L, hidden), extended attention mask, image states, Nq)``: the
+    embeddings after the fp32 layer norm + dropout, a bidirectional mask over queries + tokens, and
+    ``image_embeds`` in the hidden states' dtype.
+    """
+    from transformers.masking_utils import create_bidirectional_mask
+
+    qf = model.qformer
     B = image_embeds.shape[0]
     query_tokens = model.query_tokens.expand(B, -1, -1)
     nq = query_tokens.shape[1]
@@ -876,15 +905,15 @@ def qformer_scored_attention(model, qformer_layer: int, image_embeds: torch.Tens
     # as Blip2QFormerModel.forward: fp32 layer norm + dropout, a bidirectional mask, fp32 image states
     hidden = qf.dropout(qf.layernorm(embeds.to(qf.layernorm.weight.dtype)))
     ext_mask = create_bidirectional_mask(config=qf.config, inputs_embeds=hidden.to(embeds.dtype), attention_mask=mask)
-    enc = image_embeds.to(hidden.dtype)
-    for i in range(qformer_layer):
-        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
-    # the scored layer, step by step: self-attention, then the queries' cross-attention
-    self_out = layer.attention(hidden_states=hidden, attention_mask=ext_mask)
+    return hidden, ext_mask, image_embeds.to(hidden.dtype), nq
+
+
+def _finish_cross_attention_layer(layer, self_out: torch.Tensor, ext_mask, enc: torch.Tensor, nq: int) -> torch.Tensor:
+    """The rest of a Q-Former layer after its self-attention ``self_out`` (B, Nq + L, hidden): the
+    queries' cross-attention to ``enc`` and feed-forward, the text tokens' feed-forward; the layer's output."""
+    from transformers.pytorch_utils import apply_chunking_to_forward
+
     queries = self_out[:, :nq, :]
-    attn = _attention_probs(layer.crossattention.attention, queries, enc)[..., 1:]  # drop the CLS key
-    if not full_forward:
-        return attn
     cross_out = layer.crossattention(hidden_states=queries, attention_mask=ext_mask, encoder_hidden_states=enc,
                                      encoder_attention_mask=None)
     hidden = apply_chunking_to_forward(layer.feed_forward_chunk_query, layer.chunk_size_feed_forward,
@@ -893,9 +922,7 @@ def qformer_scored_attention(model, qformer_layer: int, image_embeds: torch.Tens
         text = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim,
                                          self_out[:, nq:, :])
         hidden = torch.cat([hidden, text], dim=1)
-    for i in range(qformer_layer + 1, len(layers)):
-        hidden = layers[i](hidden, ext_mask, enc, encoder_attention_mask=None, query_length=nq)
-    return attn, hidden
+    return hidden
 
 
 def _attention_probs(module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:

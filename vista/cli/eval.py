@@ -1,8 +1,8 @@
 """``vista eval``: retention sweeps over local copies of Video-MME, MLVU, LongVideoBench, MVBench.
 
-Wire-up (in vista/cli.py)::
+Wire-up (in vista/cli/__init__.py)::
 
-    from vista.eval.cli import add_eval_parser
+    from vista.cli.eval import add_eval_parser
     add_eval_parser(sub)          # sets func=cmd_eval on the "eval" sub-command
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import difflib
 import sys
 from pathlib import Path
 
-from ..cli import UsageError
-from .readers import _ALIASES, BENCHMARKS
+from ..eval.readers import _ALIASES, BENCHMARKS
+from . import UsageError
 
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10)
 
@@ -67,7 +67,7 @@ def _per_bench(values, n: int, flag: str):
 
 
 def _detect_style(model_path: str) -> str:
-    from .prompt import prompt_style_for
+    from ..eval.prompt import prompt_style_for
 
     cfg = Path(model_path) / "config.json"
     if cfg.is_file():
@@ -82,8 +82,43 @@ def _detect_style(model_path: str) -> str:
 
 def cmd_eval(args, answer_factory=None) -> int:
     """Run the sweep described by ``args``; ``answer_factory`` replaces the real model (tests)."""
-    from .readers import load_benchmark
-    from .runner import check_retentions, pipeline_answer_factory, render_markdown, run_sweep, write_outputs
+    from ..eval.runner import ResultCache, pipeline_answer_factory, render_markdown, run_sweep, write_outputs
+
+    anns, vdirs, retentions = _check_eval_args(args, answer_factory is not None)
+    benches = _load_benches(args, anns, vdirs)
+
+    style = args.prompt_style if args.prompt_style != "auto" else _detect_style(args.model)
+    if answer_factory is None:
+        answer_factory = pipeline_answer_factory(args.model, scout_path=args.scout, device=args.device,
+                                                 dtype=args.dtype, max_new_tokens=args.max_new_tokens,
+                                                 num_frames=args.num_frames)
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out / "cache.jsonl"
+    meta = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model),
+            "scout": str(Path(args.scout).resolve()) if args.scout else None,
+            "max_new_tokens": args.max_new_tokens, "num_frames": args.num_frames, "device": args.device,
+            "dtype": args.dtype}
+
+    try:  # the cache is opened (and locked) before the model is loaded
+        opened = ResultCache(cache, dict(meta, prompt_style=style))
+    except ValueError as e:  # another run holds the lock, or a cache from another run / not a cache
+        raise UsageError(str(e)) from None
+    with opened:
+        for problem in opened.problems:  # skipped lines: said on stderr, whatever the warning filters
+            print(f"vista eval: note: cache: {problem}", file=sys.stderr)
+        result = run_sweep(benches, retentions, answer_factory, opened, prompt_style=style, meta=meta,
+                           progress=not args.no_progress, fail_fast=args.fail_fast)
+    summary = result.summary()
+    jp, mp = write_outputs(summary, out)
+    print(render_markdown(summary))
+    print(f"wrote {jp} and {mp} ({result.computed} answered now, cache {cache})", file=sys.stderr)
+    return 0
+
+
+def _check_eval_args(args, fake_model: bool):
+    """Usage checks of ``vista eval``'s options (UsageError naming the option); returns the
+    per-benchmark annotation files, video folders (None: the default) and the checked retentions."""
+    from ..eval.runner import check_retentions
 
     n = len(args.bench)
     for name in args.bench:
@@ -111,10 +146,17 @@ def cmd_eval(args, answer_factory=None) -> int:
         raise UsageError(f"--num-frames must be >= 1, got {args.num_frames}")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if answer_factory is None and not Path(args.model).exists():
+    if not fake_model and not Path(args.model).exists():
         raise UsageError(f"--model {args.model} does not exist")
     if args.scout is not None and not Path(args.scout).exists():
         raise UsageError(f"--scout {args.scout} does not exist")
+    return anns, vdirs, retentions
+
+
+def _load_benches(args, anns, vdirs) -> list:
+    """Read every ``--bench`` (one line each on stderr: questions, skipped ones); UsageError when a
+    benchmark cannot be read or no question has its video."""
+    from ..eval.readers import load_benchmark
 
     benches = []
     for name, data, ann, vdir in zip(args.bench, args.data, anns, vdirs):
@@ -128,42 +170,4 @@ def cmd_eval(args, answer_factory=None) -> int:
         benches.append(b)
     if not any(b.samples for b in benches):
         raise UsageError("no question has its video; check --data / --video-dir")
-
-    style = args.prompt_style if args.prompt_style != "auto" else _detect_style(args.model)
-    if answer_factory is None:
-        answer_factory = pipeline_answer_factory(args.model, scout_path=args.scout, device=args.device,
-                                                 dtype=args.dtype, max_new_tokens=args.max_new_tokens,
-                                                 num_frames=args.num_frames)
-    out = Path(args.out)
-    cache = Path(args.cache) if args.cache else out / "cache.jsonl"
-    meta = {"model": str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model),
-            "scout": str(Path(args.scout).resolve()) if args.scout else None,
-            "max_new_tokens": args.max_new_tokens, "num_frames": args.num_frames, "device": args.device,
-            "dtype": args.dtype}
-    from .runner import ResultCache
-
-    try:  # the cache is opened (and locked) before the model is loaded
-        opened = ResultCache(cache, dict(meta, prompt_style=style))
-    except ValueError as e:  # another run holds the lock, or a cache from another run / not a cache
-        raise UsageError(str(e)) from None
-    with opened:
-        for problem in opened.problems:  # skipped lines: said on stderr, whatever the warning filters
-            print(f"vista eval: note: cache: {problem}", file=sys.stderr)
-        result = run_sweep(benches, retentions, answer_factory, opened, prompt_style=style, meta=meta,
-                           progress=not args.no_progress, fail_fast=args.fail_fast)
-    summary = result.summary()
-    jp, mp = write_outputs(summary, out)
-    print(render_markdown(summary))
-    print(f"wrote {jp} and {mp} ({result.computed} answered now, cache {cache})", file=sys.stderr)
-    return 0
-
-
-def main(argv=None) -> int:
-    """``python -m vista.eval.cli ARGS`` is ``vista eval ARGS``."""
-    from ..cli import main as vista_main
-
-    return vista_main(["eval", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return benches
