@@ -99,7 +99,8 @@ def _fake_cache(root: Path, repo: str) -> Path:
     return root
 
 
-def test_train_scout_fails_at_once_on_a_hub_id_that_is_not_cached(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("resume", [[], ["--resume", "auto"]], ids=["fresh", "resume-auto-nothing-saved"])
+def test_train_scout_fails_at_once_on_a_hub_id_that_is_not_cached(tmp_path, monkeypatch, capsys, resume):
     import huggingface_hub.constants as hc
 
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -107,7 +108,7 @@ def test_train_scout_fails_at_once_on_a_hub_id_that_is_not_cached(tmp_path, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     rc = main(["train-scout", "--regions", str(tmp_path / "r.json"), "--images", str(tmp_path),
-               "--output", str(tmp_path / "out")])
+               "--output", str(tmp_path / "out"), *resume])
     took = time.perf_counter() - t0
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err

@@ -129,7 +129,7 @@ def check_model_source(model: str) -> str:
 
 def cmd_train_scout(args) -> int:
     """``vista train-scout`` handler. Prints a one-line summary; returns the exit code."""
-    fresh = args.resume is None or (args.resume == "auto" and _latest_checkpoint(os.fspath(args.output)) is None)
+    fresh = args.resume is None or (args.resume == "auto" and _latest_checkpoint(os.fspath(args.output))[0] is None)
     if fresh:  # a resumed run loads the model from its checkpoint folder
         check_model_source(args.model)
     config = _config_from_args(args)
