@@ -177,7 +177,8 @@ def test_lone_and_invalid_tokens(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["gram", "no_gram", "chunked"])  # G from frame_stats / recomputed / per chunk
 def test_prune_frames_equals_op_composition(device, dtype, mode):
-    from vista_kernels.ops.prune_frames import frame_stats_triton, prune_frames_triton
+    from vista_kernels.ops.frame_stats import frame_stats_triton
+    from vista_kernels.ops.prune_frames import prune_frames_triton
     from vista_kernels.reference import anchor_aggregate_torch, frame_cosine_torch, frame_means_torch
     from vista_kernels.reference.prune_frames import prune_frames_torch
 

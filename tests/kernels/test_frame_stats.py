@@ -10,11 +10,11 @@ import torch
 
 import vista_kernels as vk
 from tests.kernels.oracle import oracle_frame_cosine, oracle_frame_means
-from vista_kernels.ops import frame_geometry as fg
+from vista_kernels.ops import frame_stats as fs
 from vista_kernels.reference import frame_cosine_torch, frame_means_torch
 from vista_kernels.utils import kernel_interpreted
 
-_INTERP = kernel_interpreted(fg._frame_geometry_kernel)
+_INTERP = kernel_interpreted(fs._frame_geometry_kernel)
 DEVICES = [
     pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
@@ -35,14 +35,14 @@ def make(F, N, D, dtype, device, seed=0, valid_p=0.7):
 @pytest.mark.parametrize("N", [1, 7, 17, 64])
 def test_gram_norms_means_vs_fp64(device, dtype, N):
     x, valid = make(3, N, 40, dtype, device, seed=N)
-    G, sq, means = fg.frame_geometry_triton(x, valid)
+    G, sq, means = fs.frame_geometry_triton(x, valid)
     xd = x.double().cpu()
     torch.testing.assert_close(G.cpu().double(), xd @ xd.transpose(1, 2), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(sq.cpu().double(), xd.square().sum(-1), rtol=1e-5, atol=1e-4)
     assert torch.equal(G, G.transpose(1, 2)), "G must be exactly symmetric"
     torch.testing.assert_close(means.cpu().double(), oracle_frame_means(x.cpu(), valid.cpu()), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(means, frame_means_torch(x, valid), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fg.frame_means_triton(x, valid), means, rtol=0, atol=0)
+    torch.testing.assert_close(fs.frame_means_triton(x, valid), means, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -69,7 +69,7 @@ def test_frame_cosine_one_frame_and_n196(device):
     x, valid = make(3, 196, 32, torch.bfloat16, device, seed=7)
     torch.testing.assert_close(vk.frame_cosine(x, valid=valid, backend="triton"), frame_cosine_torch(x, valid),
                                rtol=TOL, atol=TOL)
-    G, sq, _ = fg.frame_geometry_triton(x, valid)
+    G, sq, _ = fs.frame_geometry_triton(x, valid)
     xd = x.double().cpu()
     torch.testing.assert_close(G.cpu().double(), xd @ xd.transpose(1, 2), rtol=1e-5, atol=1e-4)
 
@@ -78,32 +78,32 @@ def test_frame_cosine_one_frame_and_n196(device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_geometry_chunking_is_identical(device, dtype):
     x, valid = make(5, 17, 24, dtype, device, seed=3)
-    G1, sq1, m1 = fg.frame_geometry_triton(x, valid)
+    G1, sq1, m1 = fs.frame_geometry_triton(x, valid)
     # a bound of 2 frames' Gram matrices forces 3 chunks
-    G2, sq2, m2 = fg.frame_geometry_triton(x, valid, max_gram_elems=2 * 17 * 17)
-    assert fg.frames_per_chunk(5, 17, 2 * 17 * 17) == 2
+    G2, sq2, m2 = fs.frame_geometry_triton(x, valid, max_gram_elems=2 * 17 * 17)
+    assert fs.frames_per_chunk(5, 17, 2 * 17 * 17) == 2
     assert torch.equal(G1, G2) and torch.equal(sq1, sq2) and torch.equal(m1, m2)
     with pytest.raises(ValueError, match="max_gram_elems"):
-        fg.frame_geometry_triton(x, valid, max_gram_elems=0)
+        fs.frame_geometry_triton(x, valid, max_gram_elems=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_input_precision_option(device):
     x, _ = make(2, 7, 16, torch.float32, device)
-    G, _, _ = fg.frame_geometry_triton(x, input_precision="ieee")
+    G, _, _ = fs.frame_geometry_triton(x, input_precision="ieee")
     xd = x.double().cpu()
     torch.testing.assert_close(G.cpu().double(), xd @ xd.transpose(1, 2), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="input_precision"):
-        fg.frame_geometry_triton(x, input_precision="fp8")
+        fs.frame_geometry_triton(x, input_precision="fp8")
 
 
 def test_configs_and_chunking_helpers():
-    c = fg.geometry_config(196, 3584, torch.bfloat16)
+    c = fs.geometry_config(196, 3584, torch.bfloat16)
     assert c["BLOCK_N"] == 64 and c["num_warps"] == 8
-    assert fg.geometry_config(7, 8, torch.float32)["BLOCK_D"] == 16  # >= 16 for tl.dot
-    assert fg.frames_per_chunk(64, 196, None) == 64
-    assert fg.frames_per_chunk(64, 4096, 4096 * 4096 * 3) == 3
-    assert fg.frames_per_chunk(64, 4096, 10) == 1
+    assert fs.geometry_config(7, 8, torch.float32)["BLOCK_D"] == 16  # >= 16 for tl.dot
+    assert fs.frames_per_chunk(64, 196, None) == 64
+    assert fs.frames_per_chunk(64, 4096, 4096 * 4096 * 3) == 3
+    assert fs.frames_per_chunk(64, 4096, 10) == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
