@@ -1,4 +1,5 @@
-"""Triton frame geometry (Gram matrix, squared norms, frame means) and frame_cosine vs the reference.
+"""frame_stats: the Triton frame geometry (Gram matrix, squared norms, frame means) and frame_cosine vs
+the reference, the reference and the public frame_cosine vs the fp64 oracle, and malformed calls.
 
 Runs on CPU tensors under TRITON_INTERPRET=1 (set by conftest.py without CUDA) and on CUDA when
 present (``gpu`` marker).
@@ -9,6 +10,8 @@ import pytest
 import torch
 
 import vista_kernels as vk
+import vista_kernels.reference as R
+from tests.kernels.cases import CASES_P, D, F, FP32_TOL, IMPLS, N, T, X, case_data, close, impl_of, make_x, malformed_calls
 from tests.kernels.oracle import oracle_frame_cosine, oracle_frame_means
 from vista_kernels.ops import frame_stats as fs
 from vista_kernels.reference import frame_cosine_torch, frame_means_torch
@@ -115,3 +118,78 @@ def test_frame_cosine_tiny_norms_clamped_per_norm(device):
     got = vk.frame_cosine(x, backend="triton")
     torch.testing.assert_close(got, frame_cosine_torch(x), rtol=1e-5, atol=1e-6)
     assert abs(float(got[0]) - 1.0) < 1e-5 and float(got[1]) == 0.0
+
+
+# ================================= reference and public op (backend="torch") vs the fp64 oracle
+
+
+@IMPLS
+@CASES_P
+def test_frame_cosine_vs_oracle(which, case):
+    x, valid = case_data(case)
+    out = impl_of(which, "frame_cosine")(x, valid=valid)
+    assert out.dtype == torch.float32 and tuple(out.shape) == (x.shape[0] - 1,)
+    close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
+
+
+@IMPLS
+def test_frame_cosine_empty_frame_gives_zero(which):
+    x = make_x(4, 6, 8, seed=5)
+    valid = torch.ones(4, 6, dtype=torch.bool)
+    valid[2] = False
+    out = impl_of(which, "frame_cosine")(x, valid=valid)
+    assert out[1].item() == 0.0 and out[2].item() == 0.0
+    assert out[0].item() != 0.0
+    close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
+    # Zero tokens (zero-norm means) -> 0 as well, not NaN.
+    z = torch.zeros(3, 4, 2)
+    assert torch.equal(impl_of(which, "frame_cosine")(z), torch.zeros(2))
+
+
+def test_frame_cosine_tiny_norm_means():
+    x = torch.zeros(2, 1, 2)
+    x[0, 0, 0] = 1e-7
+    x[1, 0, 0] = 2e-7
+    out = R.frame_cosine_torch(x)
+    assert out.item() in (0.0, 1.0) or abs(out.item() - 1.0) < 1e-5, out
+    close(out, oracle_frame_cosine(x), **FP32_TOL)
+
+
+@IMPLS
+def test_frame_cosine_single_frame_is_empty(which):
+    out = impl_of(which, "frame_cosine")(make_x(1, 5, 4))
+    assert out.shape == (0,) and out.dtype == torch.float32
+
+
+@IMPLS
+def test_frame_cosine_known_values(which):
+    # Frame means e1, e1, e2, -e2 -> cosines 1, 0, -1.
+    x = torch.zeros(4, 2, 3)
+    x[0, :, 0] = 1.0
+    x[1, 0, 0] = 2.0
+    x[2, :, 1] = 1.0
+    x[3, :, 1] = -3.0
+    out = impl_of(which, "frame_cosine")(x)
+    close(out, torch.tensor([1.0, 0.0, -1.0]), rtol=0, atol=1e-6)
+
+
+
+# ============================================================ malformed calls name the argument
+
+
+# (id, call, exception type, regex the message must match: the argument's name)
+BAD_CALLS = [
+    ("cos-x-rank2", lambda: vk.frame_cosine(torch.randn(N, D), **T), ValueError, r"^x must have shape \(F, N, D\)"),
+    ("cos-x-rank4", lambda: vk.frame_cosine(torch.randn(1, F, N, D), **T), ValueError, r"^x must have shape"),
+    ("cos-x-int", lambda: vk.frame_cosine(torch.ones(F, N, D, dtype=torch.int32), **T), TypeError, r"^x must be float32"),
+    ("cos-x-float64", lambda: vk.frame_cosine(X(dtype=torch.float64), **T), TypeError, r"^x must be float32"),
+    ("cos-x-list", lambda: vk.frame_cosine([[[1.0]]], **T), TypeError, r"^x must be a torch\.Tensor"),
+    # ---- valid
+    ("cos-valid-uint8", lambda: vk.frame_cosine(X(), valid=torch.ones(F, N, dtype=torch.uint8), **T), TypeError, r"^valid must have dtype"),
+]
+
+
+@malformed_calls(BAD_CALLS)
+def test_malformed_call_names_the_argument(call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call()
