@@ -102,6 +102,21 @@ def make_keep(valid, x, seed=0):
     return oracle_topk(score, cnt, v)
 
 
+# ----------------------------------------------------------------- inputs of the kernel tests
+
+
+def make_tokens(F, N, D, dtype, device, seed=0, valid_p=0.75):
+    """(x (F, N, D) dtype, valid (F, N)) on ``device``; the last frame has no candidate (F = 2) or
+    a single one (F > 2)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(F, N, D, generator=g).to(dtype)
+    valid = torch.rand(F, N, generator=g) < valid_p
+    if F > 1:
+        valid[-1] = False  # a frame without candidates
+        valid[-1, 0] = F > 2  # ... or with a single one
+    return x.to(device), valid.to(device)
+
+
 # --------------------------------------------------------------------------- guards, comparisons
 
 
@@ -116,6 +131,15 @@ def topk_boundary_gap(score, k_keep, valid):
         if 0 < k < len(vals):
             gap = min(gap, vals[k - 1] - vals[k])
     return gap
+
+
+def assert_gap(score, k_keep, valid, rel=1e-4):
+    """Precondition of the exact-index tests: no near-tie at any frame's top-k boundary."""
+    for f in range(score.shape[0]):
+        s = score[f][valid[f]].double().sort(descending=True).values
+        k = int(k_keep[f])
+        if 0 < k < s.numel():
+            assert (s[k - 1] - s[k]) > rel * s[k - 1].abs(), f"seed gives a near-tie in frame {f}; pick another"
 
 
 def close(actual, expected, rtol, atol, msg=""):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vista_kernels as vk
-from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, TIE_GAP, VALID, T, X, case_data,
+from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, T, TIE_GAP, VALID, X, case_data,
                                  case_oracle, close, full_valid, impl_of, keep_subset, make_keep, make_valid,
                                  make_x, malformed_calls, near, with_value)
 from tests.kernels.oracle import oracle_anchor_aggregate

@@ -15,9 +15,10 @@ import torch
 
 import vista_kernels as vk
 import vista_kernels.reference as R
-from tests.kernels.cases import (BOOL, CASE_IDS, CASES, CASES_P, RHO_GAP, TIE_GAP, VALID, D, F, FP32_TOL,
-                                 IMPLS, N, T, X, case_data, case_oracle, close, full_valid, impl_of, make_x,
-                                 malformed_calls, near, topk_boundary_gap, with_value)
+from tests.kernels.cases import (BOOL, CASES, CASES_P, CASE_IDS, D, F, FP32_TOL, IMPLS, N, RHO_GAP, T,
+                                 TIE_GAP, VALID, X, assert_gap, case_data, case_oracle, close, full_valid,
+                                 impl_of, make_tokens, make_x, malformed_calls, near, topk_boundary_gap,
+                                 with_value)
 from tests.kernels.oracle import (
     oracle_dpc_delta,
     oracle_dpc_gamma,
@@ -40,30 +41,11 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-def make(F, N, D, dtype, device, seed=0, valid_p=0.75):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(F, N, D, generator=g).to(dtype)
-    valid = torch.rand(F, N, generator=g) < valid_p
-    if F > 1:
-        valid[-1] = False  # a frame without candidates
-        valid[-1, 0] = F > 2  # ... or with a single one
-    return x.to(device), valid.to(device)
-
-
-def assert_gap(score, k_keep, valid, rel=1e-4):
-    """Precondition of the exact-index tests: no near-tie at any frame's top-k boundary."""
-    for f in range(score.shape[0]):
-        s = score[f][valid[f]].double().sort(descending=True).values
-        k = int(k_keep[f])
-        if 0 < k < s.numel():
-            assert (s[k - 1] - s[k]) > rel * s[k - 1].abs(), f"seed gives a near-tie in frame {f}; pick another"
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", [1, 7, 17, 64])
 def test_scores_match_reference(device, dtype, N):
-    x, valid = make(3, N, 24, dtype, device, seed=N)
+    x, valid = make_tokens(3, N, 24, dtype, device, seed=N)
     rho, delta, gamma = ds.dpc_scores_triton(x, valid, k=7)
     r0 = knn_density_torch(x, 7, valid)
     torch.testing.assert_close(rho, r0, **TOL)
@@ -78,7 +60,7 @@ def test_scores_match_reference(device, dtype, N):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_scores_vs_fp64_oracle(device):
-    x, valid = make(2, 17, 16, torch.float32, device, seed=5)
+    x, valid = make_tokens(2, 17, 16, torch.float32, device, seed=5)
     rho = vk.knn_density(x, 5, valid=valid, backend="triton")
     torch.testing.assert_close(rho.cpu().double(), oracle_knn_density(x.cpu(), 5, valid.cpu()), rtol=1e-5, atol=1e-6)
     delta = vk.dpc_delta(x, rho, valid=valid, backend="triton")
@@ -90,7 +72,7 @@ def test_scores_vs_fp64_oracle(device):
 @pytest.mark.parametrize("k", [1, 3, 16, 32, 40])
 def test_knn_k_values(device, k):
     # k = 40 > 32: rho from the reference formula on the kernel's Gram matrix (documented fallback)
-    x, valid = make(2, 64 if k >= 32 else 17, 16, torch.float32, device, seed=k, valid_p=0.9)
+    x, valid = make_tokens(2, 64 if k >= 32 else 17, 16, torch.float32, device, seed=k, valid_p=0.9)
     torch.testing.assert_close(ds.knn_density_triton(x, k, valid), knn_density_torch(x, k, valid), **TOL)
     torch.testing.assert_close(ds.dpc_gamma_triton(x, valid, k), dpc_gamma_torch(x, valid, k), **TOL)
 
@@ -98,7 +80,7 @@ def test_knn_k_values(device, k):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("N", [7, 64])
 def test_fused_row_grid_and_chunking_identical(device, N):
-    x, valid = make(4, N, 16, torch.bfloat16, device, seed=11)
+    x, valid = make_tokens(4, N, 16, torch.bfloat16, device, seed=11)
     a = ds.dpc_scores_triton(x, valid, 7, fused=True)
     b = ds.dpc_scores_triton(x, valid, 7, fused=False)
     c = ds.dpc_scores_triton(x, valid, 7, max_gram_elems=N * N)  # 4 chunks of one frame
@@ -114,7 +96,7 @@ def test_fused_row_grid_and_chunking_identical(device, N):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N", [7, 17, 64])
 def test_select_exact_on_tie_free_inputs(device, dtype, N):
-    x, valid = make(3, N, 32, dtype, device, seed=40 + N, valid_p=0.8)
+    x, valid = make_tokens(3, N, 32, dtype, device, seed=40 + N, valid_p=0.8)
     n_valid = valid.sum(1)
     k_keep = torch.tensor([(int(n) * (f + 1)) // 4 for f, n in enumerate(n_valid)], device=device)  # per frame
     assert_gap(dpc_gamma_torch(x, valid, 7), k_keep, valid)
@@ -126,7 +108,7 @@ def test_select_exact_on_tie_free_inputs(device, dtype, N):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_n196(device):
-    x, valid = make(2, 196, 32, torch.bfloat16, device, seed=196, valid_p=0.85)
+    x, valid = make_tokens(2, 196, 32, torch.bfloat16, device, seed=196, valid_p=0.85)
     r0 = knn_density_torch(x, 7, valid)
     rho, delta, gamma = ds.dpc_scores_triton(x, valid, 7)
     torch.testing.assert_close(rho, r0, **TOL)
@@ -174,7 +156,7 @@ def test_ties_go_to_lower_index(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_lone_and_invalid_tokens(device):
-    x, _ = make(3, 7, 8, torch.float32, device, seed=9)
+    x, _ = make_tokens(3, 7, 8, torch.float32, device, seed=9)
     valid = torch.zeros(3, 7, dtype=torch.bool, device=device)
     valid[0, 3] = True  # lone candidate: rho = 1, delta = max distance to itself = 0
     valid[1, 1] = valid[1, 4] = True
@@ -184,54 +166,8 @@ def test_lone_and_invalid_tokens(device):
     torch.testing.assert_close(rho, knn_density_torch(x, 7, valid), **TOL)
     torch.testing.assert_close(delta, dpc_delta_torch(x, rho, valid), **TOL)
     # N = 1: no neighbours at all
-    x1, _ = make(2, 1, 8, torch.float32, device)
+    x1, _ = make_tokens(2, 1, 8, torch.float32, device)
     assert torch.equal(ds.knn_density_triton(x1, 7), torch.ones(2, 1, device=device))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("mode", ["gram", "no_gram", "chunked"])  # G from frame_stats / recomputed / per chunk
-def test_prune_frames_equals_op_composition(device, dtype, mode):
-    from vista_kernels.ops.frame_stats import frame_stats_triton
-    from vista_kernels.ops.prune_frames import prune_frames_triton
-    from vista_kernels.reference import anchor_aggregate_torch, frame_cosine_torch, frame_means_torch
-    from vista_kernels.reference.prune_frames import prune_frames_torch
-
-    x, valid = make(4, 17, 24, dtype, device, seed=21, valid_p=0.9)
-    valid[-1, :3] = True
-    g = torch.Generator().manual_seed(1)
-    scores = torch.rand(4, 17, generator=g).to(device)
-    budgets = torch.clamp(valid.sum(1) // 2, min=1).to(device)
-    k_foveal = budgets // 3
-    means, cos, gram = frame_stats_triton(x, valid, keep_gram=mode == "gram")
-    torch.testing.assert_close(cos, frame_cosine_torch(x, valid), rtol=2e-5, atol=2e-5)
-    torch.testing.assert_close(means, frame_means_torch(x, valid), rtol=1e-5, atol=1e-6)
-    assert gram.shape == ((4, 17, 17) if mode == "gram" else (0, 17, 17))
-    M = int(budgets.sum())
-    out = prune_frames_triton(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5,
-                              gram=gram if mode == "gram" else None,
-                              max_gram_elems=2 * 17 * 17 if mode == "chunked" else None)
-    ref = prune_frames_torch(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5)
-    # the same result spelled with the public per-step ops
-    foveal = vk_stable_topk(scores, k_foveal, valid)
-    cand = valid & ~foveal
-    assert_gap(dpc_gamma_torch(x, cand, 7), budgets - k_foveal, cand)
-    keep = foveal | dpc_select_torch(x, budgets - k_foveal, cand, 7)
-    x_out, assign = anchor_aggregate_torch(x, keep, 0.5, valid)
-    fi, ti = torch.nonzero(keep, as_tuple=True)
-    for got in (out, ref):
-        assert torch.equal(got.keep, keep) and torch.equal(got.foveal, foveal)
-        assert torch.equal(got.assign, assign)
-        assert torch.equal(got.frame_index, fi) and torch.equal(got.token_index, ti)
-        tol = 1e-5 if dtype == torch.float32 else 1e-2
-        torch.testing.assert_close(got.tokens.float(), x_out[fi, ti].float(), rtol=tol, atol=tol)
-        assert got.tokens.dtype == dtype and got.tokens.shape == (M, 24)
-
-
-def vk_stable_topk(score, k, eligible):
-    import vista_kernels as vk
-
-    return vk.stable_topk_mask(score, k, eligible)
 
 
 @pytest.mark.parametrize("device", DEVICES)

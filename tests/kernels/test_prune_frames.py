@@ -15,8 +15,8 @@ import vista
 import vista_kernels as vk
 import vista_kernels.reference as R
 import vista_kernels.reference._common as common
-from tests.kernels.cases import (IMPLS, case_data, case_oracle, close, full_valid, impl_of, make_keep,
-                                 make_valid, make_x, topk_boundary_gap)
+from tests.kernels.cases import (IMPLS, assert_gap, case_data, case_oracle, close, full_valid, impl_of,
+                                 make_keep, make_tokens, make_valid, make_x, topk_boundary_gap)
 from tests.kernels.oracle import (
     oracle_anchor_aggregate,
     oracle_dpc_delta,
@@ -27,6 +27,7 @@ from tests.kernels.oracle import (
     oracle_topk,
 )
 from vista_kernels.ops import dpc_scores as ds
+from vista_kernels.reference import dpc_gamma_torch, dpc_select_torch
 from vista_kernels.reference._common import stable_topk_mask
 from vista_kernels.utils import kernel_interpreted
 
@@ -60,6 +61,52 @@ def test_prune_video_triton_equals_torch(device, dtype, with_scout):
     tol = TOKEN_TOL[dtype]
     torch.testing.assert_close(a.tokens.float(), b.tokens.float(), rtol=tol, atol=tol)
     assert a.tokens.dtype == dtype and a.tokens.shape[0] == vista.retained_count(T, N, 0.15)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["gram", "no_gram", "chunked"])  # G from frame_stats / recomputed / per chunk
+def test_prune_frames_equals_op_composition(device, dtype, mode):
+    from vista_kernels.ops.frame_stats import frame_stats_triton
+    from vista_kernels.ops.prune_frames import prune_frames_triton
+    from vista_kernels.reference import anchor_aggregate_torch, frame_cosine_torch, frame_means_torch
+    from vista_kernels.reference.prune_frames import prune_frames_torch
+
+    x, valid = make_tokens(4, 17, 24, dtype, device, seed=21, valid_p=0.9)
+    valid[-1, :3] = True
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand(4, 17, generator=g).to(device)
+    budgets = torch.clamp(valid.sum(1) // 2, min=1).to(device)
+    k_foveal = budgets // 3
+    means, cos, gram = frame_stats_triton(x, valid, keep_gram=mode == "gram")
+    torch.testing.assert_close(cos, frame_cosine_torch(x, valid), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(means, frame_means_torch(x, valid), rtol=1e-5, atol=1e-6)
+    assert gram.shape == ((4, 17, 17) if mode == "gram" else (0, 17, 17))
+    M = int(budgets.sum())
+    out = prune_frames_triton(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5,
+                              gram=gram if mode == "gram" else None,
+                              max_gram_elems=2 * 17 * 17 if mode == "chunked" else None)
+    ref = prune_frames_torch(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5)
+    # the same result spelled with the public per-step ops
+    foveal = vk_stable_topk(scores, k_foveal, valid)
+    cand = valid & ~foveal
+    assert_gap(dpc_gamma_torch(x, cand, 7), budgets - k_foveal, cand)
+    keep = foveal | dpc_select_torch(x, budgets - k_foveal, cand, 7)
+    x_out, assign = anchor_aggregate_torch(x, keep, 0.5, valid)
+    fi, ti = torch.nonzero(keep, as_tuple=True)
+    for got in (out, ref):
+        assert torch.equal(got.keep, keep) and torch.equal(got.foveal, foveal)
+        assert torch.equal(got.assign, assign)
+        assert torch.equal(got.frame_index, fi) and torch.equal(got.token_index, ti)
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(got.tokens.float(), x_out[fi, ti].float(), rtol=tol, atol=tol)
+        assert got.tokens.dtype == dtype and got.tokens.shape == (M, 24)
+
+
+def vk_stable_topk(score, k, eligible):
+    import vista_kernels as vk
+
+    return vk.stable_topk_mask(score, k, eligible)
 
 
 @pytest.mark.gpu
