@@ -5,8 +5,8 @@ Triton wrapper, with a fake (meta) implementation that derives every output shap
 shapes and plain ints. ``torch.compile(fullgraph=True)`` treats them as single graph nodes and a
 CUDA graph captures them like any other launch sequence (they make no host synchronisation).
 
-The public functions in ``vista_kernels`` validate their arguments in Python first (types, shapes,
-devices; values once, skippable), then call these ops.
+The public functions in ``vista_kernels`` (``dispatch.py``) validate their arguments in Python
+first (types, shapes, devices; values once, skippable), then call these ops.
 """
 from __future__ import annotations
 
