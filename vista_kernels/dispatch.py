@@ -1,25 +1,9 @@
-"""vista_kernels: the Vista pruning math as standalone ops, each with a PyTorch reference and a
-Triton implementation, selected with ``backend=``:
+"""The public vista_kernels ops: argument checks, then the backend chosen by ``backend=``.
 
-* ``"torch"``  - the batched PyTorch reference (CPU or CUDA).
-* ``"triton"`` - fused Triton kernels (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``).
-* ``"auto"``   - ``$VISTA_BACKEND`` if set, else triton for CUDA tensors and torch otherwise.
-
-Shapes: x is (F, N, D) float32/float16/bfloat16, valid an optional (F, N) bool mask (None = all).
-
-The whole per-frame pruning of a video is two ops, both sync-free on a GPU:
-``frame_stats`` (frame means, consecutive cosines and the Gram matrices, one read of x) and
-``prune_frames`` (foveal top-k, DPC-KNN anchors, nearest-anchor aggregation, compacted output;
-x read a second time). Every public op is registered with ``torch.library`` (namespace
-``vista_kernels``), so ``torch.compile(fullgraph=True)`` and CUDA graphs accept them.
-
-| op | Triton kernel (``ops/``) | reference (``reference/``) | tests |
-|---|---|---|---|
-| frame_cosine, frame_stats | frame_geometry.py | frame_cosine.py, prune_frames.py | test_kernels_geometry |
-| knn_density, dpc_delta, dpc_gamma, dpc_select | dpc_scores.py | dpc.py | test_kernels_dpc |
-| anchor_aggregate | anchor_aggregate.py | anchor_aggregate.py | test_kernels_anchor |
-| prune_frames | prune_frames.py | prune_frames.py | test_kernels_prune |
-| scout_score_reduce | scout_score_reduce.py | scout_score_reduce.py | test_kernels_scout |
+``resolve_backend`` maps "auto" | "triton" | "torch" to a concrete backend; every op then calls its
+PyTorch reference (``reference/<op>.py``) or its Triton host wrapper (``ops/<op>.py``, imported
+lazily). ``frame_stats`` and ``prune_frames`` go through their ``torch.library`` registrations
+(``library.py``). Re-exported by ``vista_kernels``; see its docstring for the op table.
 """
 from __future__ import annotations
 
@@ -28,20 +12,19 @@ from typing import Callable, Dict
 
 import torch
 
-from . import checks, reference
-from .checks import check_finite, token_limit
-from .reference._common import DUPLICATE_RTOL, stable_topk_mask
-from .reference.prune_frames import PrunedFrames
+from . import checks
+from .checks import token_limit
 from .reference import (
     anchor_aggregate_torch,
     dpc_delta_torch,
     dpc_gamma_torch,
     dpc_select_torch,
     frame_cosine_torch,
-    frame_means_torch,
     knn_density_torch,
     scout_score_reduce_torch,
 )
+from .reference.prune_frames import PrunedFrames
+from .utils import interpreter_active
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -63,10 +46,6 @@ def _triton_impls() -> Dict[str, Callable]:
     except ImportError:
         return {}
     return TRITON_OPS
-
-
-def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def resolve_backend(backend: str, tensor: torch.Tensor | None = None) -> str:
@@ -215,6 +194,17 @@ def prune_frames(
     from .library import call_prune_frames
 
     x = checks.check_tokens(x, finite=False)
+    budgets, k_foveal, k, alpha, num_kept = _check_prune_args(x, budgets, k_foveal, scores, valid, num_kept, k,
+                                                              alpha, check_finite)
+    b = resolve_backend(backend, x)
+    gram = _checked_gram(gram, x, b)
+    return call_prune_frames(x, budgets, k_foveal, scores, valid, gram, num_kept, k, alpha, b)
+
+
+def _check_prune_args(x, budgets, k_foveal, scores, valid, num_kept, k, alpha, check_finite):
+    """The argument checks of :func:`prune_frames` (x already shape-checked), in the order its errors
+    are reported; values of x, scores and the counts in one host sync when ``check_finite``.
+    Returns (budgets, k_foveal, k, alpha, num_kept) as the op uses them."""
     F, N, _ = x.shape
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
@@ -236,37 +226,20 @@ def prune_frames(
     if check_finite:  # values of x, scores and the counts: one host sync for all of them
         checks.check_values({"x": x, "scores": scores}, {"x": token_limit(x.shape[-1])},
                             checks.count_conditions(budgets, k_foveal, valid, num_kept, N))
-    b = resolve_backend(backend, x)
-    if gram is not None:
-        if not isinstance(gram, torch.Tensor):
-            raise TypeError(f"gram must be None or the tensor from frame_stats(keep_gram=True), got {type(gram).__name__}")
-        if gram.shape[0] == 0 or b != "triton":
-            gram = None  # frame_stats kept none (too large), or the torch backend recomputes it
-        elif gram.dtype != torch.float32 or tuple(gram.shape) != (F, N, N) or gram.device != x.device:
-            raise ValueError(f"gram must be a float32 (F, N, N) = {(F, N, N)} tensor on {x.device}, got "
-                             f"{gram.dtype} {tuple(gram.shape)} on {gram.device}")
-        else:
-            gram = gram.contiguous()
-    return call_prune_frames(x, budgets, k_foveal, scores, valid, gram, num_kept, k, alpha, b)
+    return budgets, k_foveal, k, alpha, num_kept
 
 
-__all__ = [
-    "BACKENDS",
-    "DUPLICATE_RTOL",
-    "PrunedFrames",
-    "stable_topk_mask",
-    "check_finite",
-    "frame_stats",
-    "prune_frames",
-    "token_limit",
-    "anchor_aggregate",
-    "dpc_delta",
-    "dpc_gamma",
-    "dpc_select",
-    "frame_cosine",
-    "frame_means_torch",
-    "knn_density",
-    "reference",
-    "resolve_backend",
-    "scout_score_reduce",
-]
+def _checked_gram(gram, x, backend: str):
+    """``gram`` as :func:`prune_frames` passes it on: None unless a reusable (F, N, N) fp32 Gram
+    tensor from ``frame_stats(keep_gram=True)`` and the Triton backend; a malformed one raises."""
+    if gram is None:
+        return None
+    F, N, _ = x.shape
+    if not isinstance(gram, torch.Tensor):
+        raise TypeError(f"gram must be None or the tensor from frame_stats(keep_gram=True), got {type(gram).__name__}")
+    if gram.shape[0] == 0 or backend != "triton":
+        return None  # frame_stats kept none (too large), or the torch backend recomputes it
+    if gram.dtype != torch.float32 or tuple(gram.shape) != (F, N, N) or gram.device != x.device:
+        raise ValueError(f"gram must be a float32 (F, N, N) = {(F, N, N)} tensor on {x.device}, got "
+                         f"{gram.dtype} {tuple(gram.shape)} on {gram.device}")
+    return gram.contiguous()
