@@ -13,242 +13,42 @@ The whole per-frame pruning of a video is two ops, both sync-free on a GPU:
 x read a second time). Every public op is registered with ``torch.library`` (namespace
 ``vista_kernels``), so ``torch.compile(fullgraph=True)`` and CUDA graphs accept them.
 
-| op | Triton kernel (``ops/``) | reference (``reference/``) | tests |
+One name per op group, used for its Triton kernel, its PyTorch reference and its tests:
+
+| op group: public ops | kernel ``ops/`` | reference ``reference/`` | tests ``tests/kernels/`` |
 |---|---|---|---|
-| frame_cosine, frame_stats | frame_geometry.py | frame_cosine.py, prune_frames.py | test_kernels_geometry |
-| knn_density, dpc_delta, dpc_gamma, dpc_select | dpc_scores.py | dpc.py | test_kernels_dpc |
-| anchor_aggregate | anchor_aggregate.py | anchor_aggregate.py | test_kernels_anchor |
-| prune_frames | prune_frames.py | prune_frames.py | test_kernels_prune |
-| scout_score_reduce | scout_score_reduce.py | scout_score_reduce.py | test_kernels_scout |
+| frame_stats: frame_stats, frame_cosine | frame_stats.py | frame_stats.py | test_frame_stats.py |
+| dpc_scores: knn_density, dpc_delta, dpc_gamma, dpc_select | dpc_scores.py | dpc_scores.py | test_dpc_scores.py |
+| anchor_aggregate: anchor_aggregate | anchor_aggregate.py | anchor_aggregate.py | test_anchor_aggregate.py |
+| prune_frames: prune_frames | prune_frames.py | prune_frames.py | test_prune_frames.py |
+| scout_score_reduce: scout_score_reduce | scout_score_reduce.py | scout_score_reduce.py | test_scout_score_reduce.py |
+
+Around them: ``dispatch.py`` (the public ops: argument checks, backend choice), ``checks.py``
+(argument checks, ``test_checks.py``), ``library.py`` (``torch.library`` registration),
+``reference/_common.py`` (geometry, chunking and top-k helpers of the references), ``aot.py``
+(ahead-of-time compilation and spill check, ``test_aot.py``), ``testing.py`` (sync and launch counters).
 """
 from __future__ import annotations
 
-import os
-from typing import Callable, Dict
-
-import torch
-
-from . import checks, reference
+from . import reference
 from .checks import check_finite, token_limit
+from .dispatch import (
+    BACKENDS,
+    anchor_aggregate,
+    dpc_delta,
+    dpc_gamma,
+    dpc_select,
+    frame_cosine,
+    frame_stats,
+    interpreter_active,
+    knn_density,
+    prune_frames,
+    resolve_backend,
+    scout_score_reduce,
+)
+from .reference import frame_means_torch
 from .reference._common import DUPLICATE_RTOL, stable_topk_mask
 from .reference.prune_frames import PrunedFrames
-from .reference import (
-    anchor_aggregate_torch,
-    dpc_delta_torch,
-    dpc_gamma_torch,
-    dpc_select_torch,
-    frame_cosine_torch,
-    frame_means_torch,
-    knn_density_torch,
-    scout_score_reduce_torch,
-)
-
-BACKENDS = ("auto", "triton", "torch")
-
-_TORCH: Dict[str, Callable] = {
-    "frame_cosine": frame_cosine_torch,
-    "knn_density": knn_density_torch,
-    "dpc_delta": dpc_delta_torch,
-    "dpc_gamma": dpc_gamma_torch,
-    "dpc_select": dpc_select_torch,
-    "anchor_aggregate": anchor_aggregate_torch,
-    "scout_score_reduce": scout_score_reduce_torch,
-}
-
-
-def _triton_impls() -> Dict[str, Callable]:
-    """Triton host wrappers keyed by op name; empty when the Triton ops are unavailable."""
-    try:
-        from .ops import TRITON_OPS  # noqa: WPS433 (imported lazily: triton import is slow)
-    except ImportError:
-        return {}
-    return TRITON_OPS
-
-
-def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def resolve_backend(backend: str, tensor: torch.Tensor | None = None) -> str:
-    """Map ``backend`` ("auto" | "triton" | "torch") to the concrete backend for ``tensor``."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        env = os.environ.get("VISTA_BACKEND", "").strip()
-        if env:
-            if env not in ("triton", "torch"):
-                raise ValueError(f"VISTA_BACKEND must be 'triton' or 'torch', got {env!r}")
-            backend = env
-        elif tensor is not None and tensor.is_cuda and _triton_impls():
-            backend = "triton"
-        else:
-            backend = "torch"
-    if backend == "triton":
-        if not _triton_impls():
-            raise ValueError("backend='triton' is not available: triton or the vista_kernels.ops kernels failed to import")
-        if tensor is not None and not tensor.is_cuda and not interpreter_active():
-            raise ValueError(
-                "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors); "
-                "use backend='torch' or 'auto' for CPU tensors"
-            )
-    return backend
-
-
-def _dispatch(op: str, backend: str, tensor):
-    b = resolve_backend(backend, tensor if isinstance(tensor, torch.Tensor) else None)
-    if b == "triton":
-        impl = _triton_impls().get(op)
-        if impl is not None:
-            return _on_tensor_device(impl, tensor)
-    return _TORCH[op]  # ops without a dedicated kernel fall back to the reference
-
-
-def _on_tensor_device(impl: Callable, tensor) -> Callable:
-    """Run ``impl`` with ``tensor``'s CUDA device current, so kernels launch where the data is."""
-    from .utils import on_device_of
-
-    def run(*args, **kwargs):
-        with on_device_of(tensor):
-            return impl(*args, **kwargs)
-
-    return run
-
-
-def frame_cosine(x, valid=None, backend: str = "auto"):
-    """(F-1,) fp32: cos(mean x[t], mean x[t+1]) over valid tokens."""
-    return _dispatch("frame_cosine", backend, x)(x, valid=valid)
-
-
-def knn_density(x, k: int = 7, valid=None, backend: str = "auto"):
-    """(F, N) fp32 rho_i = exp(-mean of the k smallest d_ij^2), d = L2 / sqrt(D); invalid -> 0."""
-    return _dispatch("knn_density", backend, x)(x, k=k, valid=valid)
-
-
-def dpc_delta(x, rho, valid=None, backend: str = "auto"):
-    """(F, N) fp32 distance to the nearest denser valid token (peak: farthest); invalid -> 0."""
-    return _dispatch("dpc_delta", backend, x)(x, rho, valid=valid)
-
-
-def dpc_gamma(x, valid=None, k: int = 7, backend: str = "auto"):
-    """(F, N) fp32 gamma = rho * delta over valid tokens; invalid -> 0."""
-    return _dispatch("dpc_gamma", backend, x)(x, valid=valid, k=k)
-
-
-def dpc_select(x, k_keep, valid=None, k: int = 7, backend: str = "auto"):
-    """(F, N) bool: per frame the k_keep[f] valid tokens with the highest gamma (ties: lower index)."""
-    return _dispatch("dpc_select", backend, x)(x, k_keep, valid=valid, k=k)
-
-
-def anchor_aggregate(x, keep, alpha: float = 0.5, valid=None, backend: str = "auto"):
-    """(x_out (F, N, D) x.dtype, assign (F, N) int64): dropped tokens blended into nearest kept."""
-    return _dispatch("anchor_aggregate", backend, x)(x, keep, alpha=alpha, valid=valid)
-
-
-def scout_score_reduce(attn, backend: str = "auto"):
-    """(B, H, Q, P) cross-attention -> (B, P) fp32: max over heads, sum over queries."""
-    return _dispatch("scout_score_reduce", backend, attn)(attn)
-
-
-def frame_stats(x, valid=None, backend: str = "auto", *, keep_gram: bool = False, check_finite: bool = True):
-    """Frame statistics for budgeting, in one read of x.
-
-    Args:
-        x: (F, N, D) float32/float16/bfloat16; valid: optional (F, N) bool.
-        keep_gram: also return the per-frame Gram matrices (Triton backend, when the (F, N, N)
-            fp32 tensor fits the memory bound) for :func:`prune_frames` to reuse.
-        check_finite: scan x for NaN/inf (one host sync); False when the caller already did.
-    Returns:
-        (means (F, D) fp32, cosine (F-1,) fp32, gram (F, N, N) fp32 or an empty (0, N, N) tensor).
-    """
-    from .library import call_frame_stats
-
-    x = checks.check_tokens(x, finite=check_finite is True)
-    if valid is not None:
-        checks.check_mask(valid, x, "valid")
-    for name, flag in (("keep_gram", keep_gram), ("check_finite", check_finite)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
-    return call_frame_stats(x, valid, resolve_backend(backend, x), keep_gram)
-
-
-def prune_frames(
-    x,
-    budgets,
-    k_foveal=None,
-    scores=None,
-    valid=None,
-    *,
-    num_kept=None,
-    k: int = 7,
-    alpha: float = 0.5,
-    gram=None,
-    backend: str = "auto",
-    check_finite: bool = True,
-) -> PrunedFrames:
-    """Select, aggregate and compact the kept tokens of every frame: the per-frame work of Vista.
-
-    Per frame f: the ``k_foveal[f]`` highest ``scores`` among valid tokens are kept (foveal), then
-    the ``budgets[f] - k_foveal[f]`` candidates (valid, not foveal) with the highest DPC-KNN
-    gamma (anchors; kNN size ``k``); every other valid token joins its nearest kept token and each
-    kept token with a non-empty cluster becomes (1 - alpha) v + alpha mean(cluster). Ties go to the
-    lower token index.
-
-    Args:
-        x: (F, N, D) float32/float16/bfloat16 tokens.
-        budgets: (F,) integer tensor, 1 <= budgets[f] <= valid tokens of frame f (0 for a frame
-            without valid tokens).
-        k_foveal: (F,) integer tensor, 0 <= k_foveal[f] <= budgets[f], or None (no foveal tokens).
-        scores: (F, N) float scout scores (needed when k_foveal is given).
-        valid: (F, N) bool or None (all valid).
-        num_kept: M = budgets.sum(). Pass it (e.g. from ``vista.retained_count``) to keep the call
-            free of host synchronisation; None reads it from budgets (one sync).
-        gram: the Gram tensor from ``frame_stats(..., keep_gram=True)`` (Triton), or None.
-        check_finite: scan x and scores for NaN/inf and check the counts' values (ranges above,
-            ``budgets.sum() == num_kept``) before any math: one host sync for all of it.
-    Returns:
-        PrunedFrames(tokens (M, D) x.dtype, frame_index (M,), token_index (M,), keep (F, N) bool,
-        foveal (F, N) bool, assign (F, N) int64); rows in frame order, raster order within a frame.
-    With ``check_finite=False`` the counts are trusted to respect the limits above (checking them
-    would read device values; ``vista.prune_video`` guarantees them by construction): a violation
-    then gives undefined rows (never an out-of-bounds write), not an error.
-    """
-    from .library import call_prune_frames
-
-    x = checks.check_tokens(x, finite=False)
-    F, N, _ = x.shape
-    if not isinstance(check_finite, bool):
-        raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
-    budgets = checks.check_counts(budgets, x, "budgets")
-    if k_foveal is not None:
-        k_foveal = checks.check_counts(k_foveal, x, "k_foveal")
-        if scores is None:
-            raise ValueError("k_foveal needs scores: pass the (F, N) scout scores the foveal tokens come from")
-    if scores is not None:
-        checks.check_scores(scores, x, "scores", finite=False)
-    if valid is not None:
-        checks.check_mask(valid, x, "valid")
-    k = checks.check_k(k)
-    alpha = checks.check_alpha(alpha)
-    if num_kept is None:
-        num_kept = int(budgets.sum())
-    if isinstance(num_kept, bool) or not isinstance(num_kept, int) or not 0 <= num_kept <= F * N:
-        raise ValueError(f"num_kept must be an int in [0, F*N] = [0, {F * N}], got {num_kept!r}")
-    if check_finite:  # values of x, scores and the counts: one host sync for all of them
-        checks.check_values({"x": x, "scores": scores}, {"x": token_limit(x.shape[-1])},
-                            checks.count_conditions(budgets, k_foveal, valid, num_kept, N))
-    b = resolve_backend(backend, x)
-    if gram is not None:
-        if not isinstance(gram, torch.Tensor):
-            raise TypeError(f"gram must be None or the tensor from frame_stats(keep_gram=True), got {type(gram).__name__}")
-        if gram.shape[0] == 0 or b != "triton":
-            gram = None  # frame_stats kept none (too large), or the torch backend recomputes it
-        elif gram.dtype != torch.float32 or tuple(gram.shape) != (F, N, N) or gram.device != x.device:
-            raise ValueError(f"gram must be a float32 (F, N, N) = {(F, N, N)} tensor on {x.device}, got "
-                             f"{gram.dtype} {tuple(gram.shape)} on {gram.device}")
-        else:
-            gram = gram.contiguous()
-    return call_prune_frames(x, budgets, k_foveal, scores, valid, gram, num_kept, k, alpha, b)
-
 
 __all__ = [
     "BACKENDS",
@@ -265,6 +65,7 @@ __all__ = [
     "dpc_select",
     "frame_cosine",
     "frame_means_torch",
+    "interpreter_active",
     "knn_density",
     "reference",
     "resolve_backend",

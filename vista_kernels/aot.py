@@ -33,7 +33,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from .ops import anchor_aggregate as _agg  # noqa: E402
 from .ops import dpc_scores as _dpc  # noqa: E402
-from .ops import frame_geometry as _geo  # noqa: E402
+from .ops import frame_stats as _geo  # noqa: E402
 from .ops import scout_score_reduce as _scout  # noqa: E402
 from .utils import tl_dtype_name  # noqa: E402
 
@@ -82,68 +82,84 @@ class Spec:
             f" warps={self.num_warps} stages={self.num_stages}"
 
 
-def _specs(dtype: torch.dtype) -> List[Spec]:
+def _geometry_specs(N: int, D: int, dtype: torch.dtype, tag: str) -> List[Spec]:
+    """frame_stats: the geometry kernel with and without the Gram matrix, then the cosine kernel."""
     xt = "*" + tl_dtype_name(dtype)
-    specs: List[Spec] = []
-    for N in SHAPES_N:
-        for D in SHAPES_D:
-            tag = f"N={N} D={D} {tl_dtype_name(dtype)}"
-            c = _geo.geometry_config(N, D, dtype)
-            T = triton.cdiv(N, c["BLOCK_N"])
-            for gram in (True, False):
-                specs.append(Spec(
-                    _geo._frame_geometry_kernel, tag,
-                    [("x_ptr", xt, 0), ("valid_ptr", "*u8", 0), ("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0),
-                     ("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N),
-                     ("D", "i32", D), ("T", "i32", T), ("stride_xf", "i32", N * D)],
-                    {"COMPUTE_GRAM": gram, "BLOCK_N": c["BLOCK_N"], "BLOCK_D": c["BLOCK_D"],
-                     "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "INTERPRETED": False},
-                    c["num_warps"], c["num_stages"]))
-            cc = _geo.cosine_config(T, D)
-            specs.append(Spec(
-                _geo._frame_cosine_kernel, tag,
-                [("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("out_ptr", "*fp32", 0), ("T", "i32", T),
-                 ("D", "i32", D), ("EPS", "fp32", 1e-12)],
-                {"BLOCK_T": cc["BLOCK_T"], "BLOCK_D": cc["BLOCK_D"]}, cc["num_warps"]))
-            for kk in KNN_K:
-                dc = _dpc.dpc_config(N, kk)
-                dargs = [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0),
-                         ("rho_in_ptr", "*fp32", 0), ("rho_ptr", "*fp32", 0), ("delta_ptr", "*fp32", 0),
-                         ("gamma_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))]
-                base = {"K": dc["K"], "KP": dc["KP"], "BLOCK_M": dc["BLOCK_M"], "BLOCK_N": dc["BLOCK_N"]}
-                modes = [dict(DO_RHO=True, DO_DELTA=False, ROW_GRID=True, STORE_GAMMA=False),  # knn_density / row grid
-                         dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=False),  # dpc_delta
-                         dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=True)]  # row-grid gamma
-                if dc["fused"]:
-                    modes.append(dict(DO_RHO=True, DO_DELTA=True, ROW_GRID=False, STORE_GAMMA=True))
-                for m in modes:
-                    specs.append(Spec(_dpc._dpc_scores_kernel, f"{tag} k={kk}", dargs, {**base, **m}, dc["num_warps"]))
-            ac = _agg.assign_config(N)
-            specs.append(Spec(
-                _agg._anchor_assign_kernel, tag,
-                [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
-                 ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))],
-                {"BLOCK_M": ac["BLOCK_M"], "BLOCK_N": ac["BLOCK_N"]}, ac["num_warps"]))
-            gc = _agg.aggregate_config(N, D, dtype)
-            for compact in (True, False):  # prune_frames (compacted rows) / anchor_aggregate (full x_out)
-                specs.append(Spec(
-                    _agg._anchor_aggregate_kernel, tag,
-                    [("x_ptr", xt, 0), ("out_ptr", xt, 0), ("pos_ptr", "*i64", 0), ("fidx_ptr", "*i64", 0),
-                     ("tidx_ptr", "*i64", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
-                     ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("D", "i32", D),
-                     ("M", "i32", 7), ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
-                    {"BLOCK_M": gc["BLOCK_M"], "BLOCK_N": gc["BLOCK_N"], "BLOCK_D": gc["BLOCK_D"],
-                     "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "ROUND_BF16": False,
-                     "COMPACT": compact},
-                    gc["num_warps"]))
+    c = _geo.geometry_config(N, D, dtype)
+    T = triton.cdiv(N, c["BLOCK_N"])
+    specs = [Spec(
+        _geo._frame_geometry_kernel, tag,
+        [("x_ptr", xt, 0), ("valid_ptr", "*u8", 0), ("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0),
+         ("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N),
+         ("D", "i32", D), ("T", "i32", T), ("stride_xf", "i32", N * D)],
+        {"COMPUTE_GRAM": gram, "BLOCK_N": c["BLOCK_N"], "BLOCK_D": c["BLOCK_D"],
+         "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "INTERPRETED": False},
+        c["num_warps"], c["num_stages"]) for gram in (True, False)]
+    cc = _geo.cosine_config(T, D)
+    specs.append(Spec(
+        _geo._frame_cosine_kernel, tag,
+        [("msum_ptr", "*fp32", 0), ("mcnt_ptr", "*fp32", 0), ("out_ptr", "*fp32", 0), ("T", "i32", T),
+         ("D", "i32", D), ("EPS", "fp32", 1e-12)],
+        {"BLOCK_T": cc["BLOCK_T"], "BLOCK_D": cc["BLOCK_D"]}, cc["num_warps"]))
+    return specs
+
+
+def _dpc_specs(N: int, D: int, tag: str) -> List[Spec]:
+    """dpc_scores: every mode of the DPC kernel for each kNN k (the fused one where it is chosen)."""
+    specs = []
+    for kk in KNN_K:
+        dc = _dpc.dpc_config(N, kk)
+        dargs = [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0),
+                 ("rho_in_ptr", "*fp32", 0), ("rho_ptr", "*fp32", 0), ("delta_ptr", "*fp32", 0),
+                 ("gamma_ptr", "*fp32", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))]
+        base = {"K": dc["K"], "KP": dc["KP"], "BLOCK_M": dc["BLOCK_M"], "BLOCK_N": dc["BLOCK_N"]}
+        modes = [dict(DO_RHO=True, DO_DELTA=False, ROW_GRID=True, STORE_GAMMA=False),  # knn_density / row grid
+                 dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=False),  # dpc_delta
+                 dict(DO_RHO=False, DO_DELTA=True, ROW_GRID=True, STORE_GAMMA=True)]  # row-grid gamma
+        if dc["fused"]:
+            modes.append(dict(DO_RHO=True, DO_DELTA=True, ROW_GRID=False, STORE_GAMMA=True))
+        for m in modes:
+            specs.append(Spec(_dpc._dpc_scores_kernel, f"{tag} k={kk}", dargs, {**base, **m}, dc["num_warps"]))
+    return specs
+
+
+def _aggregate_specs(N: int, D: int, dtype: torch.dtype, tag: str) -> List[Spec]:
+    """anchor_aggregate / prune_frames: the assignment kernel, then aggregation (compact and full)."""
+    xt = "*" + tl_dtype_name(dtype)
+    ac = _agg.assign_config(N)
+    specs = [Spec(
+        _agg._anchor_assign_kernel, tag,
+        [("g_ptr", "*fp32", 0), ("sq_ptr", "*fp32", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
+         ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("Df", "fp32", float(D))],
+        {"BLOCK_M": ac["BLOCK_M"], "BLOCK_N": ac["BLOCK_N"]}, ac["num_warps"])]
+    gc = _agg.aggregate_config(N, D, dtype)
+    for compact in (True, False):  # prune_frames (compacted rows) / anchor_aggregate (full x_out)
+        specs.append(Spec(
+            _agg._anchor_aggregate_kernel, tag,
+            [("x_ptr", xt, 0), ("out_ptr", xt, 0), ("pos_ptr", "*i64", 0), ("fidx_ptr", "*i64", 0),
+             ("tidx_ptr", "*i64", 0), ("valid_ptr", "*u8", 0), ("keep_ptr", "*u8", 0),
+             ("assign_ptr", "*i64", 0), ("f0", "i32", 0), ("N", "i32", N), ("D", "i32", D),
+             ("M", "i32", 7), ("stride_xf", "i32", N * D), ("one_minus_a", "fp32", 0.5), ("alpha", "fp32", 0.5)],
+            {"BLOCK_M": gc["BLOCK_M"], "BLOCK_N": gc["BLOCK_N"], "BLOCK_D": gc["BLOCK_D"],
+             "UPCAST": dtype == torch.float32, "INPUT_PRECISION": "ieee", "ROUND_BF16": False,
+             "COMPACT": compact},
+            gc["num_warps"]))
+    return specs
+
+
+def _scout_spec(dtype: torch.dtype) -> Spec:
+    """scout_score_reduce at ``SCOUT_SHAPE``."""
     B, H, Q, P = SCOUT_SHAPE
     sc = _scout.scout_config(H, P)
-    specs.append(Spec(
+    return Spec(
         _scout._scout_score_reduce_kernel, f"B={B} H={H} Q={Q} P={P} {tl_dtype_name(dtype)}",
-        [("attn_ptr", xt, 0), ("out_ptr", "*fp32", 0), ("H", "i32", H), ("Q", "i32", Q), ("P", "i32", P),
-         ("stride_b", "i32", H * Q * P), ("stride_h", "i32", Q * P), ("stride_q", "i32", P)],
-        {"BLOCK_H": sc["BLOCK_H"], "BLOCK_P": sc["BLOCK_P"]}, sc["num_warps"]))
-    # dedupe: identical compilations (e.g. dpc kernels do not depend on D)
+        [("attn_ptr", "*" + tl_dtype_name(dtype), 0), ("out_ptr", "*fp32", 0), ("H", "i32", H), ("Q", "i32", Q),
+         ("P", "i32", P), ("stride_b", "i32", H * Q * P), ("stride_h", "i32", Q * P), ("stride_q", "i32", P)],
+        {"BLOCK_H": sc["BLOCK_H"], "BLOCK_P": sc["BLOCK_P"]}, sc["num_warps"])
+
+
+def _dedupe(specs: List[Spec]) -> List[Spec]:
+    """Identical compilations (e.g. dpc kernels do not depend on D) once, naming every D they serve."""
     seen: Dict[tuple, Spec] = {}
     for s in specs:
         k = s.key()
@@ -156,6 +172,17 @@ def _specs(dtype: torch.dtype) -> List[Spec]:
         else:
             seen[k] = s
     return list(seen.values())
+
+
+def _specs(dtype: torch.dtype) -> List[Spec]:
+    """Every launch configuration the host wrappers choose for ``dtype``, in table order."""
+    specs: List[Spec] = []
+    for N in SHAPES_N:
+        for D in SHAPES_D:
+            tag = f"N={N} D={D} {tl_dtype_name(dtype)}"
+            specs += _geometry_specs(N, D, dtype, tag) + _dpc_specs(N, D, tag) + _aggregate_specs(N, D, dtype, tag)
+    specs.append(_scout_spec(dtype))
+    return _dedupe(specs)
 
 
 _RES = re.compile(r"(REG|STACK|SHARED|LOCAL):(\d+)")

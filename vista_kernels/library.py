@@ -5,8 +5,8 @@ Triton wrapper, with a fake (meta) implementation that derives every output shap
 shapes and plain ints. ``torch.compile(fullgraph=True)`` treats them as single graph nodes and a
 CUDA graph captures them like any other launch sequence (they make no host synchronisation).
 
-The public functions in ``vista_kernels`` validate their arguments in Python first (types, shapes,
-devices; values once, skippable), then call these ops.
+The public functions in ``vista_kernels`` (``dispatch.py``) validate their arguments in Python
+first (types, shapes, devices; values once, skippable), then call these ops.
 """
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .reference.frame_cosine import cosine_of_means
-from .reference.prune_frames import PrunedFrames, frame_stats_torch, prune_frames_torch
+from .reference.frame_stats import cosine_of_means, frame_stats_torch
+from .reference.prune_frames import PrunedFrames, prune_frames_torch
 
 
 def _triton():
-    from .ops import prune_frames as _pf  # imported lazily: importing triton is slow
+    from . import ops  # imported lazily: importing triton is slow
 
-    return _pf
+    return ops
 
 
 def _device_ctx(x: Tensor):
@@ -32,7 +32,7 @@ def _device_ctx(x: Tensor):
 
 
 def _gram_fits(F: int, N: int) -> bool:
-    from .ops.frame_geometry import MAX_GRAM_ELEMS
+    from .ops.frame_stats import MAX_GRAM_ELEMS
 
     return F > 0 and F * N * N <= MAX_GRAM_ELEMS
 

@@ -12,8 +12,8 @@ from .dpc_scores import (
     dpc_select_triton,
     knn_density_triton,
 )
-from .prune_frames import frame_stats_triton, prune_frames_triton
-from .frame_geometry import frame_cosine_triton, frame_geometry_triton, frame_means_triton
+from .frame_stats import frame_cosine_triton, frame_geometry_triton, frame_means_triton, frame_stats_triton
+from .prune_frames import prune_frames_triton
 from .scout_score_reduce import scout_score_reduce_triton
 
 TRITON_OPS = {

@@ -23,7 +23,7 @@ import triton.language as tl
 from ..checks import check_aggregate_args
 from ..utils import check_input_precision, check_triton_device, kernel_interpreted, next_pow2, upcast_flag
 from .dpc_scores import _d2_tile
-from .frame_geometry import Geometry
+from .frame_stats import Geometry
 
 
 @triton.jit

@@ -26,7 +26,7 @@ import triton.language as tl
 from ..checks import check_k, check_k_keep, check_rho, check_tokens, check_valid
 from ..reference import _common
 from ..utils import check_triton_device, next_pow2
-from .frame_geometry import Geometry
+from .frame_stats import Geometry
 
 _TRITON_BEFORE_3_7 = tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7)
 
@@ -262,7 +262,7 @@ def scores_chunk(geo: Geometry, f0: int, f1: int, g: torch.Tensor, cand: torch.T
 
 def _rho_from_gram(g, sq, valid, D, k):
     d2 = _common.sqdist_from_gram(g, sq[:, :, None], sq[:, None, :]).div_(D)  # the duplicate rule too
-    from ..reference.dpc import _knn_rho_inplace
+    from ..reference.dpc_scores import _knn_rho_inplace
     return _knn_rho_inplace(d2, valid, k)
 
 

@@ -1,6 +1,6 @@
 """The whole per-frame pruning of a video on the GPU in a fixed handful of launches, no host sync.
 
-    means, cos, gram = frame_stats_triton(x, valid)           # launch 1 (+1 for the cosines)
+    means, cos, gram = frame_stats_triton(x, valid)           # ops/frame_stats.py: 1 launch (+1: cosines)
     out = prune_frames_triton(x, budgets, k_foveal, scores, valid, num_kept=M, gram=gram)
 
 ``frame_stats_triton`` reads x once: per frame the Gram matrix G = X·Xᵀ (kept when the (F, N, N)
@@ -25,34 +25,9 @@ import torch
 
 from ..reference._common import stable_topk_mask
 from ..reference.prune_frames import PrunedFrames
-from ..utils import check_triton_device
 from . import anchor_aggregate as _agg
 from . import dpc_scores as _dpc
-from .frame_geometry import Geometry, frames_per_chunk
-
-
-def _geometry(x, valid, input_precision="ieee") -> Geometry:
-    check_triton_device(x, _dpc._dpc_scores_kernel)
-    if valid is None:
-        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    return Geometry(x, valid, input_precision)
-
-
-def frame_stats_triton(x: torch.Tensor, valid: Optional[torch.Tensor] = None, *, keep_gram: bool = True,
-                       max_gram_elems: Optional[int] = None):
-    """(means (F, D) fp32, cosine (F-1,) fp32, gram (F, N, N) fp32 or an empty (0, N, N) tensor).
-
-    The Gram tensor comes back when ``keep_gram`` and it fits ``max_gram_elems`` (default
-    ``frame_geometry.MAX_GRAM_ELEMS``); otherwise only the norms and means are computed.
-    """
-    F, N, D = x.shape
-    geo = _geometry(x.contiguous(), valid)
-    gram = torch.empty((0, N, N), dtype=torch.float32, device=x.device)
-    if keep_gram and frames_per_chunk(F, N, max_gram_elems) >= F:
-        gram = next(iter(geo.chunks(max_gram_elems)))[2]  # one launch: G, norms, means
-    else:
-        geo.means_only()
-    return geo.means(), geo.cosine(), gram
+from .frame_stats import video_geometry
 
 
 def prune_frames_triton(
@@ -74,7 +49,7 @@ def prune_frames_triton(
     F, N, D = x.shape
     dev = x.device
     x = x.contiguous()
-    geo = _geometry(x, valid)
+    geo = video_geometry(x, valid)
     valid_b = geo.valid_u8.view(torch.bool)
     if k_foveal is None:
         k_foveal = torch.zeros_like(budgets)

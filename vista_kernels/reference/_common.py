@@ -37,6 +37,21 @@ def frame_chunks(F: int, N: int, max_pair_elems: int | None = None) -> Iterator[
         yield slice(start, min(F, start + step))
 
 
+#: Working-set target of one frame chunk on CPU (fp32 tokens of the chunk): stays in cache.
+CPU_CHUNK_BYTES = 4 << 20
+#: Bound on the elements of one chunk's (chunk, N, max(N, D)) fp32 temporaries on GPUs (256 MiB).
+GPU_CHUNK_ELEMS = 1 << 26
+
+
+def token_chunks(F: int, N: int, D: int, device: torch.device):
+    """Frame slices: cache-sized on CPU, bounded (chunk, N, max(N, D)) temporaries on GPUs."""
+    if device.type == "cpu":
+        step = max(1, CPU_CHUNK_BYTES // max(1, N * D * 4))
+    else:
+        step = max(1, GPU_CHUNK_ELEMS // max(1, N * max(N, D)))
+    return [slice(t, min(F, t + step)) for t in range(0, F, step)]
+
+
 def gram(xf: torch.Tensor) -> torch.Tensor:
     """(F, N, N) fp32 Gram matrices X X^T, exactly symmetric: the upper triangle (i <= j) is kept
     and mirrored, whatever summation order the matmul used for (i, j) and (j, i) (the Triton

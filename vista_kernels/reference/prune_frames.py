@@ -1,7 +1,7 @@
 """Reference for the whole per-frame pruning of a video: frame statistics, then foveal top-k,
 DPC-KNN anchors, nearest-anchor aggregation and compaction of the kept rows (PAPER §3.2-3.4).
 
-    means, cos = frame_stats_torch(x, valid)
+    means, cos = frame_stats_torch(x, valid)                  # reference/frame_stats.py
     out = prune_frames_torch(x, budgets, k_foveal, scores, valid, num_kept=M, k=7, alpha=0.5)
     out.tokens (M, D) x.dtype, out.frame_index / out.token_index (M,) int64,
     out.keep / out.foveal (F, N) bool, out.assign (F, N) int64
@@ -17,14 +17,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ._common import pairwise_sqdist, sqdist_from_gram, stable_topk_mask
-from .dpc import _delta_inplace, _knn_rho_inplace
-from .frame_cosine import cosine_of_means, frame_means_torch
-
-#: Working-set target of one frame chunk on CPU (fp32 tokens of the chunk): stays in cache.
-CPU_CHUNK_BYTES = 4 << 20
-#: Bound on the elements of one chunk's (chunk, N, max(N, D)) fp32 temporaries on GPUs (256 MiB).
-GPU_CHUNK_ELEMS = 1 << 26
+from ._common import pairwise_sqdist, stable_topk_mask, token_chunks
+from .dpc_scores import _delta_inplace, _knn_rho_inplace
 
 
 class PrunedFrames(NamedTuple):
@@ -36,26 +30,6 @@ class PrunedFrames(NamedTuple):
     keep: torch.Tensor  # (F, N) bool
     foveal: torch.Tensor  # (F, N) bool, subset of keep
     assign: torch.Tensor  # (F, N) int64 anchor of every token (kept: itself; invalid: -1)
-
-
-def token_chunks(F: int, N: int, D: int, device: torch.device):
-    """Frame slices: cache-sized on CPU, bounded (chunk, N, max(N, D)) temporaries on GPUs."""
-    if device.type == "cpu":
-        step = max(1, CPU_CHUNK_BYTES // max(1, N * D * 4))
-    else:
-        step = max(1, GPU_CHUNK_ELEMS // max(1, N * max(N, D)))
-    return [slice(t, min(F, t + step)) for t in range(0, F, step)]
-
-
-def frame_stats_torch(x: torch.Tensor, valid: Optional[torch.Tensor] = None):
-    """(means (F, D) fp32 over valid tokens, cosine (F-1,) fp32 of consecutive means)."""
-    if x.shape[0] == 0:
-        f = torch.zeros((0, x.shape[2]), dtype=torch.float32, device=x.device)
-    elif valid is None:  # chunk by chunk (cache-resident on CPU)
-        f = torch.cat([x[sl].float().mean(1) for sl in token_chunks(x.shape[0], x.shape[1], x.shape[2], x.device)])
-    else:
-        f = frame_means_torch(x, valid)
-    return f, cosine_of_means(f)
 
 
 def compact_positions(keep: torch.Tensor, num_kept: int):

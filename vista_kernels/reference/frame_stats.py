@@ -1,9 +1,13 @@
-"""Reference: cosine similarity of consecutive frame means (segmentation signal, PAPER eq. 1-2)."""
+"""Reference frame statistics: frame means and the cosine similarity of consecutive frame means
+(segmentation signal, PAPER eq. 1-2)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 from ..checks import check_tokens, check_valid
+from ._common import token_chunks
 
 _EPS = 1e-12
 
@@ -37,3 +41,14 @@ def frame_cosine_torch(x: torch.Tensor, valid: torch.Tensor | None = None) -> to
         (F-1,) float32 (empty for a single frame). Each norm is clamped at 1e-12, so a zero mean gives cosine 0.
     """
     return cosine_of_means(frame_means_torch(x, valid))
+
+
+def frame_stats_torch(x: torch.Tensor, valid: Optional[torch.Tensor] = None):
+    """(means (F, D) fp32 over valid tokens, cosine (F-1,) fp32 of consecutive means)."""
+    if x.shape[0] == 0:
+        f = torch.zeros((0, x.shape[2]), dtype=torch.float32, device=x.device)
+    elif valid is None:  # chunk by chunk (cache-resident on CPU)
+        f = torch.cat([x[sl].float().mean(1) for sl in token_chunks(x.shape[0], x.shape[1], x.shape[2], x.device)])
+    else:
+        f = frame_means_torch(x, valid)
+    return f, cosine_of_means(f)

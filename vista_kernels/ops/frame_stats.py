@@ -1,4 +1,5 @@
-"""Per-frame pairwise geometry in one pass over x: Gram matrix, squared norms, frame means.
+"""The ``frame_stats`` op on the GPU: per-frame pairwise geometry in one pass over x (Gram matrix,
+squared norms, frame means), then the cosines of consecutive frame means.
 
 ``_frame_geometry_kernel`` reads the tokens of a chunk of frames once. Program (f, ti, tj) with
 tj >= ti computes the (BLOCK_N x BLOCK_N) Gram tile G[f, I, J] = X_I X_J^T with ``tl.dot`` (fp32
@@ -10,7 +11,8 @@ the same pass. Distances are derived from G and the norms by the consumers
 (``d2 = max(-2 G_ij + |x_i|^2 + |x_j|^2, 0) / D``, the reference's formula and order).
 
 Frames are processed in chunks so the (chunk, N, N) fp32 Gram buffer stays under
-``max_gram_elems`` elements.
+``max_gram_elems`` elements. ``frame_stats_triton`` is the op; ``Geometry`` (the buffers) and
+``video_geometry`` are shared with the DPC, aggregation and ``prune_frames`` wrappers.
 """
 from __future__ import annotations
 
@@ -29,18 +31,9 @@ _EPS = 1e-12
 
 
 @triton.jit
-def _frame_geometry_kernel(
-    x_ptr, valid_ptr, g_ptr, sq_ptr, msum_ptr, mcnt_ptr,
-    f0, N, D, T, stride_xf,
-    COMPUTE_GRAM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
-):
-    # grid = (tile pairs, frames): a frame's tiles are consecutive programs (its rows stay in L2).
-    # With COMPUTE_GRAM the tile axis enumerates the T(T+1)/2 pairs ti <= tj row by row; without,
-    # it is the T diagonal tiles.
-    pid = tl.program_id(0)
-    fl = tl.program_id(1).to(tl.int64)  # frame within the chunk (Gram buffer index)
-    f = fl + f0  # frame in the video
+def _tile_pair(pid, T, COMPUTE_GRAM: tl.constexpr):
+    """(ti, tj) row and column tiles of program ``pid``: with COMPUTE_GRAM the programs enumerate the
+    T(T+1)/2 pairs ti <= tj row by row; without, the T diagonal tiles (ti == tj)."""
     ti = pid * 0
     rem = pid
     if COMPUTE_GRAM:
@@ -51,6 +44,20 @@ def _frame_geometry_kernel(
     else:
         ti = pid
         tj = pid
+    return ti, tj
+
+
+@triton.jit
+def _frame_geometry_kernel(
+    x_ptr, valid_ptr, g_ptr, sq_ptr, msum_ptr, mcnt_ptr,
+    f0, N, D, T, stride_xf,
+    COMPUTE_GRAM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, INPUT_PRECISION: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    # grid = (tile pairs, frames): a frame's tiles are consecutive programs (its rows stay in L2).
+    fl = tl.program_id(1).to(tl.int64)  # frame within the chunk (Gram buffer index)
+    f = fl + f0  # frame in the video
+    ti, tj = _tile_pair(tl.program_id(0), T, COMPUTE_GRAM)
     ar = tl.arange(0, BLOCK_N)
     ad = tl.arange(0, BLOCK_D)
     rows_i = ti * BLOCK_N + ar
@@ -226,6 +233,31 @@ class Geometry:
                 BLOCK_T=c["BLOCK_T"], BLOCK_D=c["BLOCK_D"], num_warps=c["num_warps"],
             )
         return out
+
+
+def video_geometry(x, valid, input_precision="ieee") -> Geometry:
+    """Geometry buffers of a checked (F, N, D) ``x`` (``valid`` None: all tokens valid); no launch yet."""
+    check_triton_device(x, _frame_geometry_kernel)
+    if valid is None:
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return Geometry(x, valid, input_precision)
+
+
+def frame_stats_triton(x: torch.Tensor, valid: Optional[torch.Tensor] = None, *, keep_gram: bool = True,
+                       max_gram_elems: Optional[int] = None):
+    """(means (F, D) fp32, cosine (F-1,) fp32, gram (F, N, N) fp32 or an empty (0, N, N) tensor).
+
+    The Gram tensor comes back when ``keep_gram`` and it fits ``max_gram_elems`` (default
+    ``MAX_GRAM_ELEMS``); otherwise only the norms and means are computed.
+    """
+    F, N, D = x.shape
+    geo = video_geometry(x.contiguous(), valid)
+    gram = torch.empty((0, N, N), dtype=torch.float32, device=x.device)
+    if keep_gram and frames_per_chunk(F, N, max_gram_elems) >= F:
+        gram = next(iter(geo.chunks(max_gram_elems)))[2]  # one launch: G, norms, means
+    else:
+        geo.means_only()
+    return geo.means(), geo.cosine(), gram
 
 
 def frame_geometry_triton(x, valid=None, *, max_gram_elems: Optional[int] = None, input_precision: str = "ieee"):

@@ -56,6 +56,16 @@ def _delta_inplace(d2: torch.Tensor, rho: torch.Tensor, valid: torch.Tensor) -> 
     return delta2.double().sqrt().float().masked_fill(~valid, 0.0)
 
 
+def _per_chunk(x: torch.Tensor, score) -> torch.Tensor:
+    """(F, N) fp32 zeros filled frame chunk by frame chunk (``frame_chunks``) with
+    ``score(sl, d2)``, d2 the chunk's (chunk, N, N) scaled squared distances (``score`` may overwrite it)."""
+    F, N, _ = x.shape
+    out = torch.zeros(F, N, dtype=torch.float32, device=x.device)
+    for sl in frame_chunks(F, N):
+        out[sl] = score(sl, pairwise_sqdist(x[sl]))
+    return out
+
+
 def knn_density_torch(x: torch.Tensor, k: int = 7, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Local density rho_i = exp(-mean_{j in kNN(i)} d_ij^2) over valid tokens of each frame.
 
@@ -70,11 +80,7 @@ def knn_density_torch(x: torch.Tensor, k: int = 7, valid: torch.Tensor | None = 
     x = check_tokens(x)
     valid = check_valid(valid, x)
     k = check_k(k)
-    F, N, _ = x.shape
-    out = torch.zeros(F, N, dtype=torch.float32, device=x.device)
-    for sl in frame_chunks(F, N):
-        out[sl] = _knn_rho_inplace(pairwise_sqdist(x[sl]), valid[sl], k)
-    return out
+    return _per_chunk(x, lambda sl, d2: _knn_rho_inplace(d2, valid[sl], k))
 
 
 def dpc_delta_torch(x: torch.Tensor, rho: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,11 +96,7 @@ def dpc_delta_torch(x: torch.Tensor, rho: torch.Tensor, valid: torch.Tensor | No
     x = check_tokens(x)
     valid = check_valid(valid, x)
     rho = check_rho(rho, x)
-    F, N, _ = x.shape
-    out = torch.zeros(F, N, dtype=torch.float32, device=x.device)
-    for sl in frame_chunks(F, N):
-        out[sl] = _delta_inplace(pairwise_sqdist(x[sl]), rho[sl], valid[sl])
-    return out
+    return _per_chunk(x, lambda sl, d2: _delta_inplace(d2, rho[sl], valid[sl]))
 
 
 def dpc_gamma_torch(x: torch.Tensor, valid: torch.Tensor | None = None, k: int = 7) -> torch.Tensor:
@@ -102,13 +104,12 @@ def dpc_gamma_torch(x: torch.Tensor, valid: torch.Tensor | None = None, k: int =
     x = check_tokens(x)
     valid = check_valid(valid, x)
     k = check_k(k)
-    F, N, _ = x.shape
-    out = torch.zeros(F, N, dtype=torch.float32, device=x.device)
-    for sl in frame_chunks(F, N):
-        d2 = pairwise_sqdist(x[sl])
+
+    def gamma(sl, d2):
         rho = _knn_rho_inplace(d2, valid[sl], k)
-        out[sl] = rho * _delta_inplace(d2, rho, valid[sl])
-    return out
+        return rho * _delta_inplace(d2, rho, valid[sl])
+
+    return _per_chunk(x, gamma)
 
 
 def dpc_select_torch(
