@@ -46,7 +46,17 @@ from .dispatch import (
     resolve_backend,
     scout_score_reduce,
 )
-from .reference import frame_means_torch
+from .reference import (  # the references, reachable from the package as before the layout change
+    anchor_aggregate_torch,
+    dpc_delta_torch,
+    dpc_gamma_torch,
+    dpc_select_torch,
+    frame_cosine_torch,
+    frame_means_torch,
+    frame_stats_torch,
+    knn_density_torch,
+    scout_score_reduce_torch,
+)
 from .reference._common import DUPLICATE_RTOL, stable_topk_mask
 from .reference.prune_frames import PrunedFrames
 
