@@ -25,6 +25,15 @@ TIE_GAP = 1e-5
 RHO_GAP = 1e-6
 
 
+def kernel_devices(interpreted: bool) -> list:
+    """The devices a kernel test runs on: CPU tensors when the kernel runs in Triton's interpreter,
+    CUDA (``gpu``-marked) otherwise."""
+    return [
+        pytest.param("cpu", marks=pytest.mark.skipif(not interpreted, reason="CPU tensors need TRITON_INTERPRET=1")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(interpreted, reason="interpreter mode")]),
+    ]
+
+
 def impl_of(which: str, op: str):
     if which == "reference":
         return getattr(R, f"{op}_torch")

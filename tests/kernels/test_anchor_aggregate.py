@@ -9,19 +9,16 @@ import pytest
 import torch
 
 import vista_kernels as vk
-from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, T, TIE_GAP, VALID, X, case_data,
-                                 case_oracle, close, full_valid, impl_of, keep_subset, make_keep, make_valid,
-                                 make_x, malformed_calls, near, with_value)
+from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, T, TIE_GAP, VALID, X, case_data, case_oracle,
+                                 close, full_valid, impl_of, keep_subset, kernel_devices, make_keep, make_valid, make_x,
+                                 malformed_calls, near, with_value)
 from tests.kernels.oracle import oracle_anchor_aggregate
 from vista_kernels.ops import anchor_aggregate as aa
 from vista_kernels.reference import anchor_aggregate_torch
 from vista_kernels.utils import kernel_interpreted
 
 _INTERP = kernel_interpreted(aa._anchor_aggregate_kernel)
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
-]
+DEVICES = kernel_devices(_INTERP)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # x_out tolerance: fp32 math on both sides, then one rounding to x.dtype (may differ by an ulp)
 OUT_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=1e-3, atol=1e-3),

@@ -15,10 +15,9 @@ import torch
 
 import vista_kernels as vk
 import vista_kernels.reference as R
-from tests.kernels.cases import (BOOL, CASES, CASES_P, CASE_IDS, D, F, FP32_TOL, IMPLS, N, RHO_GAP, T,
-                                 TIE_GAP, VALID, X, assert_gap, case_data, case_oracle, close, full_valid,
-                                 impl_of, make_tokens, make_x, malformed_calls, near, topk_boundary_gap,
-                                 with_value)
+from tests.kernels.cases import (BOOL, CASES, CASES_P, CASE_IDS, D, F, FP32_TOL, IMPLS, N, RHO_GAP, T, TIE_GAP, VALID,
+                                 X, assert_gap, case_data, case_oracle, close, full_valid, impl_of, kernel_devices,
+                                 make_tokens, make_x, malformed_calls, near, topk_boundary_gap, with_value)
 from tests.kernels.oracle import (
     oracle_dpc_delta,
     oracle_dpc_gamma,
@@ -33,10 +32,7 @@ from vista_kernels.reference import dpc_delta_torch, dpc_gamma_torch, dpc_select
 from vista_kernels.utils import kernel_interpreted
 
 _INTERP = kernel_interpreted(ds._dpc_scores_kernel)
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
-]
+DEVICES = kernel_devices(_INTERP)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = dict(rtol=1e-5, atol=1e-6)
 

@@ -11,17 +11,15 @@ import torch
 
 import vista_kernels as vk
 import vista_kernels.reference as R
-from tests.kernels.cases import CASES_P, D, F, FP32_TOL, IMPLS, N, T, X, case_data, close, impl_of, make_x, malformed_calls
+from tests.kernels.cases import (CASES_P, D, F, FP32_TOL, IMPLS, N, T, X, case_data, close, impl_of, kernel_devices,
+                                 make_x, malformed_calls)
 from tests.kernels.oracle import oracle_frame_cosine, oracle_frame_means
 from vista_kernels.ops import frame_stats as fs
 from vista_kernels.reference import frame_cosine_torch, frame_means_torch
 from vista_kernels.utils import kernel_interpreted
 
 _INTERP = kernel_interpreted(fs._frame_geometry_kernel)
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
-]
+DEVICES = kernel_devices(_INTERP)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = 2e-5
 

@@ -15,7 +15,7 @@ import vista
 import vista_kernels as vk
 import vista_kernels.reference as R
 import vista_kernels.reference._common as common
-from tests.kernels.cases import (IMPLS, assert_gap, case_data, case_oracle, close, full_valid, impl_of,
+from tests.kernels.cases import (IMPLS, assert_gap, case_data, case_oracle, close, full_valid, impl_of, kernel_devices,
                                  make_keep, make_tokens, make_valid, make_x, topk_boundary_gap)
 from tests.kernels.oracle import (
     oracle_anchor_aggregate,
@@ -32,10 +32,7 @@ from vista_kernels.reference._common import stable_topk_mask
 from vista_kernels.utils import kernel_interpreted
 
 _INTERP = kernel_interpreted(ds._dpc_scores_kernel)
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
-]
+DEVICES = kernel_devices(_INTERP)
 TOKEN_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 

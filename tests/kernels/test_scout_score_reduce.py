@@ -6,17 +6,14 @@ import pytest
 import torch
 
 import vista_kernels as vk
-from tests.kernels.cases import IMPLS, T, close, impl_of, malformed_calls
+from tests.kernels.cases import IMPLS, T, close, impl_of, kernel_devices, malformed_calls
 from tests.kernels.oracle import oracle_scout_score_reduce
 from vista_kernels.ops import scout_score_reduce as sr
 from vista_kernels.reference import scout_score_reduce_torch
 from vista_kernels.utils import kernel_interpreted
 
 _INTERP = kernel_interpreted(sr._scout_score_reduce_kernel)
-DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not _INTERP, reason="CPU tensors need TRITON_INTERPRET=1")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(_INTERP, reason="interpreter mode")]),
-]
+DEVICES = kernel_devices(_INTERP)
 
 
 @pytest.mark.parametrize("device", DEVICES)
