@@ -105,7 +105,7 @@ def test_bench_cases_run_under_pytest_benchmark(tmp_path):
 def test_no_tf32_switch(monkeypatch):
     import torch
 
-    import conftest
+    from tests import conftest
 
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
