@@ -1,6 +1,6 @@
 """``python -m vista.cli ARGS`` is ``vista ARGS``."""
 import sys
 
-from . import main
+from .app import main
 
 sys.exit(main())

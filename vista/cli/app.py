@@ -1,22 +1,8 @@
-"""The ``vista`` command.
-
-    vista ask VIDEO "QUESTION" --model PATH [--scout PATH] [--retention 0.15] [--frames 64]
-              [--max-new-tokens 128] [--save-map map.png] [--json] [--quiet] [--cache-dir DIR]
-    vista chat VIDEO --model PATH [--scout PATH] [--history] [--cache-dir DIR] [...]
-              (questions from the terminal or stdin, one a line; /map FILE, /retention R, /quit)
-    vista demo [--frames 16] [--retention 0.15] [--save-map vista_demo_map.png] [--json] [--save-models DIR]
-    vista eval ... / vista train-scout ...
-
-Exit codes: 0 success; 2 bad input (missing/corrupt video, bad or mistyped option, incomplete or
-damaged model directory), reported as one ``vista <command>: error: ...`` line on stderr with no
-traceback; 1 an unexpected internal error (set VISTA_DEBUG=1 for the traceback); 130 interrupted.
-``vista --version`` / ``--help`` import neither torch nor transformers (see :func:`build_parser`).
-
-One module per sub-command, its parser (``add_<command>_parser``) beside its command (``cmd_<command>``):
-``ask.py``, ``chat.py``, ``demo.py``, ``eval.py``, ``train_scout.py``. This file keeps :func:`main`, the
-lazy dispatch (:func:`build_parser`), the parser class with its one-line errors and typo suggestions,
-and the option types and helpers the sub-commands share. ``python -m vista.cli`` runs :func:`main`.
-"""
+"""What every ``vista`` sub-command shares: :func:`main` (one-line errors, exit codes), the lazy
+dispatch (:func:`build_parser`: ``--version`` / ``--help`` import neither torch nor transformers),
+the parser class with its one-line errors and typo suggestions, and the option types and helpers
+of the sub-commands (``add_common_options``, ``_retention``, ``_positive_int``, notes, quiet
+transformers)."""
 from __future__ import annotations
 
 import argparse

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Optional
 
-from . import EXIT_OK, UsageError, _note, _quiet_transformers, _show_progress, add_common_options
+from .app import EXIT_OK, UsageError, _note, _quiet_transformers, _show_progress, add_common_options
 
 MODEL_HELP = "saved LLaVA-OneVision / LLaVA-Video / Qwen2.5-VL model + processor directory"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import EXIT_OK, UsageError, _note, _one_line, _quiet_transformers, _retention, _show_progress, add_common_options
+from .app import EXIT_OK, UsageError, _note, _one_line, _quiet_transformers, _retention, _show_progress, add_common_options
 from .ask import (
     _check_map_path,
     _print_result,

@@ -10,7 +10,7 @@ import os
 import time
 from typing import List
 
-from . import EXIT_OK, UsageError, _quiet_transformers, _show_progress, add_common_options
+from .app import EXIT_OK, UsageError, _quiet_transformers, _show_progress, add_common_options
 from .ask import _check_map_path, _print_result
 
 DEMO_QUESTION = "what color is the ball on the left ?"

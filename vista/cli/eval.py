@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..eval.readers import _ALIASES, BENCHMARKS
-from . import UsageError
+from .app import UsageError
 
 DEFAULT_RETENTIONS = (1.0, 0.25, 0.15, 0.10)
 
