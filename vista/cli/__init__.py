@@ -297,3 +297,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} "
                          "(set VISTA_DEBUG=1 for the traceback)\n")
         return EXIT_INTERNAL
+
+
+# ------------------------------------------------------------------------------ names of the old module
+
+# vista/cli.py defined the commands itself; their names still resolve here, on first use (the
+# sub-command modules stay unimported until then, so ``import vista.cli`` stays light).
+_MOVED = {"cmd_ask": "ask", "cmd_chat": "chat", "CHAT_HELP": "chat",
+          "cmd_demo": "demo", "DEMO_QUESTION": "demo", "DEMO_MODEL_DIRS": "demo"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MOVED))
