@@ -64,3 +64,28 @@ def test_python_m_vista_eval_cli_is_vista_eval(argv):
     new = _run("-m", "vista.cli", "eval", *argv)
     assert (old.returncode, old.stdout, old.stderr) == (new.returncode, new.stdout, new.stderr)
     assert old.returncode == (0 if argv == ["--help"] else 2)
+
+
+class _Saves:
+    """Stands in for a model / processor / scout: ``save_pretrained(d)`` writes one file."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def save_pretrained(self, d):
+        Path(d, self.name).write_text("x")
+
+
+def test_demo_save_models_folders_keep_the_mode_they_had(tmp_path):
+    """``vista demo --save-models``: each folder is written in a private temporary folder and renamed
+    into place, so it is owner-only (0700) whatever the umask, as before the CLI was split; a second
+    save replaces the folder and leaves no temporary folder behind."""
+    from vista.cli.demo import DEMO_MODEL_DIRS, _save_demo_models
+
+    for _ in range(2):
+        lines = _save_demo_models(str(tmp_path), _Saves("model"), _Saves("processor"), _Saves("scout"))
+        assert lines[-1].startswith("use them offline")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(DEMO_MODEL_DIRS.values())
+        for d in DEMO_MODEL_DIRS.values():
+            assert (tmp_path / d).stat().st_mode & 0o777 == 0o700, d
+    assert sorted(p.name for p in (tmp_path / DEMO_MODEL_DIRS["model"]).iterdir()) == ["model", "processor"]
