@@ -20,3 +20,20 @@ and the option types and helpers the sub-commands share. ``python -m vista.cli``
 from .app import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, UsageError, add_common_options, build_parser, main
 
 __all__ = ["main", "build_parser", "UsageError", "add_common_options", "EXIT_OK", "EXIT_INTERNAL", "EXIT_USAGE"]
+
+# Names that lived in the single-file ``vista/cli.py`` before the package split; resolved lazily so
+# ``import vista.cli`` stays light.
+_MOVED = {"cmd_ask": "ask", "cmd_chat": "chat", "CHAT_HELP": "chat",
+          "cmd_demo": "demo", "DEMO_QUESTION": "demo", "DEMO_MODEL_DIRS": "demo"}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MOVED))

@@ -50,11 +50,21 @@ def _demo_table(res) -> List[str]:
     return lines
 
 
+def _owner_only(save):
+    """``save(tmp)`` after making ``tmp`` owner-only (0700): the mode the demo's model folders have
+    always had (they were made by ``tempfile.mkdtemp``)."""
+    def run(tmp):
+        os.chmod(tmp, 0o700)
+        save(tmp)
+
+    return run
+
+
 def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
     """Write the demo's tiny models (``save_pretrained`` layout) under ``folder``; say how to use them.
 
     Each model goes to a temporary sibling folder first, flushed to disk, then renamed into place
-    (an existing copy is replaced only once the new one is complete)."""
+    (an existing copy is replaced only once the new one is complete), owner-only."""
     from ..scout.train.trainer import _write_dir_atomically
     m = os.path.join(folder, DEMO_MODEL_DIRS["model"])
 
@@ -62,12 +72,12 @@ def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
 
-    _write_dir_atomically(m, save_model)
+    _write_dir_atomically(m, _owner_only(save_model))
     lines = [f"saved the tiny LLaVA-OneVision model + processor to {m}"]
     use = f'vista ask VIDEO "QUESTION" --model {m}'
     if scout is not None:
         sc = os.path.join(folder, DEMO_MODEL_DIRS["scout"])
-        _write_dir_atomically(sc, scout.save_pretrained)
+        _write_dir_atomically(sc, _owner_only(scout.save_pretrained))
         lines.append(f"saved the tiny BLIP-2 scout to {sc}")
         use += f" --scout {sc}"
     lines.append(f"use them offline, e.g.: {use}")
