@@ -63,6 +63,23 @@ def tiny_model_dir(tmp_path_factory):
     return lambda kind: _build_tiny(base, kind)
 
 
+@pytest.fixture(scope="session")
+def load_tiny(tiny_model_dir):
+    """``load_tiny(kind)``: a fresh ``(model, processor)`` of the tiny saved "llava" or "qwen" model,
+    loaded by path with ``vista.models.load_pretrained`` (transformers' warnings silenced)."""
+
+    def load(kind: str):
+        import warnings
+
+        from vista.models import load_pretrained
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return load_pretrained(tiny_model_dir(kind))
+
+    return load
+
+
 @pytest.fixture(scope="module")
 def llava(tiny_model_dir):
     return tiny_model_dir("llava")

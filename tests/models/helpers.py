@@ -1,31 +1,17 @@
-"""Shared helpers for tests/models/ and tests/scout/test_threads.py: tiny backbones saved + loaded by path, prompts,
-captures of what the LLM receives, and a stub scout."""
+"""Shared helpers (not fixtures) for tests/models/ and tests/scout/test_threads.py: prompts, greedy runs,
+captures of what the LLM receives, and a stub scout. The tiny saved models themselves come from the
+``tiny_model_dir`` / ``load_tiny`` fixtures of tests/conftest.py."""
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import torch
 
-from vista.models import last_prune_info, load_pretrained
+from vista.models import last_prune_info
 from vista.models import common as vm_common
 
 QUESTION = "what is the man doing ?"
 OTHER_QUESTION = "which color is the car on the left"
-
-
-def save_tiny(tmp_path_factory, name, build):
-    """A tiny backbone built by ``build(path, seed=0)`` into a fresh temp dir; the dir."""
-    path = tmp_path_factory.mktemp(name)
-    build(path, seed=0)
-    return path
-
-
-def load_quiet(path):
-    """(model, processor) loaded by path, transformers' warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load_pretrained(path)
 
 
 def spy_prune_questions(monkeypatch) -> list:

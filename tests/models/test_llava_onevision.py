@@ -13,30 +13,23 @@ from tests.models.helpers import (
     greedy,
     image_video_prompt,
     inputs,
-    load_quiet,
     logits,
     question_embedding,
-    save_tiny,
     spy_prune_questions,
 )
 
 import vista
 from vista import VistaConfig, retained_count
 from vista.models import apply_vista, last_prune_info, remove_vista
-from vista.tiny_models import build_tiny_llava_onevision, random_video
+from vista.tiny_models import random_video
 
 T = 4
 N = 196
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_tiny(tmp_path_factory, "tiny_llava_ov", build_tiny_llava_onevision)
-
-
 @pytest.fixture
-def mp(ckpt):
-    return load_quiet(ckpt)
+def mp(load_tiny):
+    return load_tiny("llava")
 
 
 @pytest.fixture(scope="module")

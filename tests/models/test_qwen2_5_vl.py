@@ -15,10 +15,8 @@ from tests.models.helpers import (
     greedy,
     image_video_prompt,
     inputs,
-    load_quiet,
     logits,
     question_embedding,
-    save_tiny,
     spy_prune_questions,
 )
 
@@ -26,21 +24,16 @@ import vista
 from vista import VistaConfig, retained_count
 from vista.models import apply_vista, last_prune_info, remove_vista
 from vista.models.qwen2_5_vl import unpatchify_video
-from vista.tiny_models import build_tiny_qwen2_5_vl, random_video
+from vista.tiny_models import random_video
 
 FRAMES = 8  # -> t = 4 temporal tokens
 GRID = (4, 4, 4)  # (t, h, w) for 112x112 frames
 N = 16
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return save_tiny(tmp_path_factory, "tiny_qwen2_5_vl", build_tiny_qwen2_5_vl)
-
-
 @pytest.fixture
-def mp(ckpt):
-    return load_quiet(ckpt)
+def mp(load_tiny):
+    return load_tiny("qwen")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from tests.models.helpers import greedy, inputs, load_quiet, save_tiny  # noqa: E402
+from tests.models.helpers import greedy, inputs  # noqa: E402
 
 from vista import VistaConfig  # noqa: E402
 from vista.models import apply_vista, last_prune_info  # noqa: E402
 from vista.scout import SemanticScout, build_tiny_scout  # noqa: E402
 from vista.scout.scout import _attention_probs  # noqa: E402
-from vista.tiny_models import build_tiny_llava_onevision, build_tiny_qwen2_5_vl, random_video  # noqa: E402
+from vista.tiny_models import random_video  # noqa: E402
 
 QUESTIONS = [
     "what is the man holding?",
@@ -138,9 +138,8 @@ def test_concurrent_scores_on_one_scout_equal_single_threaded(scout):
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
-def test_concurrent_generate_with_a_scout_equals_single_threaded(tmp_path_factory, scout, family):
-    build = {"llava_onevision": build_tiny_llava_onevision, "qwen2_5_vl": build_tiny_qwen2_5_vl}[family]
-    model, proc = load_quiet(save_tiny(tmp_path_factory, f"threads_{family}", build))
+def test_concurrent_generate_with_a_scout_equals_single_threaded(load_tiny, scout, family):
+    model, proc = load_tiny({"llava_onevision": "llava", "qwen2_5_vl": "qwen"}[family])
     if family == "llava_onevision":
         videos = [random_video(4, 48, 48, seed=3), random_video(4, 48, 48, seed=4, scenes=3)]
     else:  # two grids: the two videos give different token counts and rope deltas
