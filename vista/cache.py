@@ -34,19 +34,19 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+from .atomic import TMP_PREFIX, write_file_atomically
+
 # torch is imported where it is used: `import vista.pipeline` stays light
 
 DEFAULT_CACHE_BYTES = 4 << 30  # 4 GiB: a few long videos' features on a GPU (64 x 196 x 3584 bf16 = 90 MB)
 KINDS = ("frames", "features", "scout")
 INDEX_NAME = "index.json"
-_TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 600.0  # temporary files older than this are leftovers of killed writers
 _FORMAT = "vista-cache-1"
 
@@ -163,7 +163,7 @@ class FeatureCache:
         if disk and self.cache_dir is not None:
             with self._disk_lock, self._index_lock():
                 for name in os.listdir(self.cache_dir):
-                    if name.endswith(".safetensors") or name.startswith(_TMP_PREFIX) or name == INDEX_NAME:
+                    if name.endswith(".safetensors") or name.startswith(TMP_PREFIX) or name == INDEX_NAME:
                         with contextlib.suppress(OSError):
                             os.remove(os.path.join(self.cache_dir, name))
 
@@ -262,12 +262,12 @@ class FeatureCache:
             blob = save(tensors, metadata=md)
             path = self._path(e.kind, e.key)
             with self._disk_lock:
-                _atomic_write(path, blob)
+                write_file_atomically(path, blob)
                 with self._index_lock():
                     idx = self._read_index()
                     idx[os.path.basename(path)] = {"kind": e.kind, "key_sha256": digest(e.key), "bytes": len(blob),
                                                    "created": time.time()}
-                    _atomic_write(os.path.join(self.cache_dir, INDEX_NAME),
+                    write_file_atomically(os.path.join(self.cache_dir, INDEX_NAME),
                                   json.dumps({"format": _FORMAT, "entries": idx}, indent=1).encode("utf-8"))
             with self._lock:
                 self._counters["disk_writes"] += 1
@@ -306,34 +306,11 @@ class FeatureCache:
     def _remove_stale_tmp(self) -> None:
         now = time.time()
         for name in os.listdir(self.cache_dir):
-            if name.startswith(_TMP_PREFIX):
+            if name.startswith(TMP_PREFIX):
                 p = os.path.join(self.cache_dir, name)
                 with contextlib.suppress(OSError):
                     if now - os.path.getmtime(p) > _STALE_TMP_S:
                         os.remove(p)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename,
-    fsync of the folder. A crash leaves the old file (or none), never a partial one."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _check_kind(kind: str) -> None:

@@ -733,12 +733,9 @@ def _set_mp4_rotation(path: str, rotation: float) -> None:
             done = True
     if not done:
         raise VideoError(f"{path}: no video track header to store the rotation in")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(buf)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from .atomic import write_file_atomically
+
+    write_file_atomically(path, bytes(buf), keep_mode=True)
 
 
 def _is_video_trak(buf, boxes) -> bool:

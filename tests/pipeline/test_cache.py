@@ -215,7 +215,7 @@ def test_a_failed_disk_write_is_counted_not_raised(tmp_path, monkeypatch):
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vc, "_atomic_write", full)
+    monkeypatch.setattr(vc, "write_file_atomically", full)
     c = FeatureCache(max_bytes=1000, cache_dir=tmp_path)
     c.put("features", "k", _t(64, 5.0))
     assert c.info()["disk_errors"] == 1 and c.info()["disk_writes"] == 0

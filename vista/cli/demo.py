@@ -50,34 +50,24 @@ def _demo_table(res) -> List[str]:
     return lines
 
 
-def _owner_only(save):
-    """``save(tmp)`` after making ``tmp`` owner-only (0700): the mode the demo's model folders have
-    always had (they were made by ``tempfile.mkdtemp``)."""
-    def run(tmp):
-        os.chmod(tmp, 0o700)
-        save(tmp)
-
-    return run
-
-
 def _save_demo_models(folder: str, model, processor, scout) -> List[str]:
     """Write the demo's tiny models (``save_pretrained`` layout) under ``folder``; say how to use them.
 
     Each model goes to a temporary sibling folder first, flushed to disk, then renamed into place
     (an existing copy is replaced only once the new one is complete), owner-only."""
-    from ..scout.train.trainer import _write_dir_atomically
+    from ..atomic import write_dir_atomically
     m = os.path.join(folder, DEMO_MODEL_DIRS["model"])
 
     def save_model(tmp):
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
 
-    _write_dir_atomically(m, _owner_only(save_model))
+    write_dir_atomically(m, save_model, mode=0o700)
     lines = [f"saved the tiny LLaVA-OneVision model + processor to {m}"]
     use = f'vista ask VIDEO "QUESTION" --model {m}'
     if scout is not None:
         sc = os.path.join(folder, DEMO_MODEL_DIRS["scout"])
-        _write_dir_atomically(sc, _owner_only(scout.save_pretrained))
+        write_dir_atomically(sc, scout.save_pretrained, mode=0o700)
         lines.append(f"saved the tiny BLIP-2 scout to {sc}")
         use += f" --scout {sc}"
     lines.append(f"use them offline, e.g.: {use}")
@@ -112,7 +102,7 @@ def cmd_demo(args) -> int:
         if args.save_models:
             for line in _save_demo_models(args.save_models, model, processor, scout):
                 out(line)
-        out(f"models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
+        out("models: tiny random LLaVA-OneVision (Qwen2 64-d x 2 layers, SigLIP 32-d, 196 tokens a frame)"
             + ("" if scout is None else " + tiny random BLIP-2 scout")
             + f", built in {build_s:.1f}s -- random weights: the answer is noise, the pruning is real")
         pipe = VistaPipeline.from_components(model, processor, scout, config, num_frames=args.frames,

@@ -28,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ...atomic import fsync_dir, fsync_tree, remove_dir, temporary_sibling, write_dir_atomically, write_file_atomically
 from .data import RegionCollator, RegionDataset, _is_int, _samples_fingerprint, load_region_descriptions, split_by_image
 from .objective import (
     PROJECTOR_CONFIG_NAME,
@@ -357,7 +358,7 @@ class ScoutTrainer:
             self.save_model(tmp)
             torch.save(state, os.path.join(tmp, TRAINER_STATE_NAME))
 
-        _write_dir_atomically(directory, write)
+        write_dir_atomically(directory, write)
         self._rotate_checkpoints()
         return directory
 
@@ -370,7 +371,7 @@ class ScoutTrainer:
             if n.startswith("checkpoint-") and n.split("-", 1)[1].isdigit()
         )
         for _, name in ckpts[:-limit]:
-            _remove_dir(os.path.join(self.output_dir, name))
+            remove_dir(os.path.join(self.output_dir, name))
 
     def load_checkpoint(self, directory: str, state: Optional[dict] = None) -> None:
         """Restore projector, optimizer, scheduler, RNG and data position from ``directory``.
@@ -470,7 +471,7 @@ class ScoutTrainer:
                 with open(os.path.join(tmp, "best.json"), "w", encoding="utf-8") as fh:
                     json.dump({"step": self.step, "val": val}, fh, indent=2)
 
-            _write_dir_atomically(best_dir, write)
+            write_dir_atomically(best_dir, write)
         return val
 
     # -- main loop -------------------------------------------------------------------------------
@@ -516,7 +517,7 @@ class ScoutTrainer:
         The files are written to a temporary folder first and then moved into the root one by one
         (``os.replace``), so a kill never leaves a half-written file there."""
         best_dir = os.path.join(self.output_dir, "best")
-        tmp = _temporary_sibling(os.path.join(self.output_dir, "result"))
+        tmp = temporary_sibling(os.path.join(self.output_dir, "result"))
         try:
             if self.best_step is not None and os.path.isdir(best_dir):
                 os.makedirs(tmp)
@@ -526,94 +527,18 @@ class ScoutTrainer:
                         shutil.copy2(src, os.path.join(tmp, name))
             else:
                 self.save_model(tmp)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             for name in sorted(os.listdir(tmp)):
                 src = os.path.join(tmp, name)
                 if os.path.isfile(src):
                     os.replace(src, os.path.join(self.output_dir, name))
-            _fsync_dir(self.output_dir)
+            fsync_dir(self.output_dir)
         finally:
-            _remove_dir(tmp)
+            remove_dir(tmp)
 
 
 # --------------------------------------------------------------------------------------------------
 # crash-safe files: checkpoints in temporary folders renamed into place, a safe trainer-state reader
-
-_TMP_PREFIX = ".tmp-"  # a folder being written: never a checkpoint, removed by the next run
-_OLD_PREFIX = ".old-"  # a folder being replaced or deleted
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. a platform without directory descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: str) -> None:
-    """Flush every file under ``root`` and the folders themselves to disk."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(dirpath)
-
-
-def _temporary_sibling(path: str, prefix: str = _TMP_PREFIX) -> str:
-    parent, base = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f"{prefix}{base}-{os.getpid()}")
-
-
-def _remove_dir(path: str) -> None:
-    """Delete a folder: first renamed out of the way (one atomic step), then removed."""
-    if not os.path.isdir(path):
-        return
-    trash = _temporary_sibling(path, _OLD_PREFIX)
-    try:
-        if os.path.exists(trash):
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(path, trash)
-    except OSError:
-        trash = path
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _write_dir_atomically(final: str, write) -> None:
-    """Call ``write(tmp)`` on an empty temporary sibling folder of ``final``, fsync it, then rename
-    it to ``final`` (a previous ``final`` is moved aside first and deleted afterwards)."""
-    final = os.path.abspath(os.fspath(final))
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = _temporary_sibling(final)
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        old = None
-        if os.path.exists(final):
-            old = _temporary_sibling(final, _OLD_PREFIX)
-            if os.path.exists(old):
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
 
 _TEMPORARY_NAME = re.compile(r"^\.(tmp|old)-(checkpoint-\d+|best|result)-\d+$")
 
@@ -650,13 +575,7 @@ def _truncate_log(path: str, step: int) -> None:
             changed = True
     if not changed and (not lines or lines[-1] == b""):
         return
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(b"".join(x + b"\n" for x in keep))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    write_file_atomically(path, b"".join(x + b"\n" for x in keep), keep_mode=True)
 
 
 _STATE_TYPES = {
