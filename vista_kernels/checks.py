@@ -170,17 +170,7 @@ def check_alpha(alpha) -> float:
 
 
 def check_rho(rho, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(rho, torch.Tensor):
-        raise TypeError(f"rho must be a torch.Tensor of shape (F, N), got {type(rho).__name__}")
-    if not rho.is_floating_point():
-        raise TypeError(f"rho must be a floating tensor, got dtype {rho.dtype}")
-    if tuple(rho.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"rho must have shape (F, N) = {tuple(x.shape[:2])}, got {tuple(rho.shape)}")
-    if rho.device != x.device:
-        raise ValueError(f"rho is on {rho.device} but x is on {x.device}; put both on the same device")
-    if not all_finite(rho):
-        raise ValueError("rho contains NaN or inf values")
-    return rho
+    return check_token_floats(rho, x, "rho", dims="(F, N)")
 
 
 def check_k_keep(k_keep, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -245,18 +235,24 @@ def check_counts(counts, x: torch.Tensor, name: str) -> torch.Tensor:
     return counts.to(torch.int64)
 
 
-def check_scores(scores, x: torch.Tensor, name: str = "scout_scores", finite: bool = True) -> torch.Tensor:
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (T, N), got {type(scores).__name__}")
-    if not scores.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {scores.dtype}")
-    if tuple(scores.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"{name} must have shape (T, N) = {tuple(x.shape[:2])}, got {tuple(scores.shape)}")
-    if scores.device != x.device:
-        raise ValueError(f"{name} is on {scores.device} but x is on {x.device}; put both on the same device")
-    if finite and not all_finite(scores):
+def check_token_floats(t, x: torch.Tensor, name: str, dims: str = "(T, N)", finite: bool = True) -> torch.Tensor:
+    """``t`` is a floating tensor of one value per token of ``x`` (shape ``x.shape[:2]``, written
+    ``dims`` in the messages) on x's device, finite unless ``finite=False``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {dims}, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {t.dtype}")
+    if tuple(t.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"{name} must have shape {dims} = {tuple(x.shape[:2])}, got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}; put both on the same device")
+    if finite and not all_finite(t):
         raise ValueError(f"{name} contains NaN or inf values")
-    return scores
+    return t
+
+
+def check_scores(scores, x: torch.Tensor, name: str = "scout_scores", finite: bool = True) -> torch.Tensor:
+    return check_token_floats(scores, x, name, finite=finite)
 
 
 def check_aggregate_args(x, keep, alpha, valid):
