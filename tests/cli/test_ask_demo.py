@@ -131,7 +131,7 @@ def test_bad_video_subprocess_one_line(llava, tmp_path):
 # ------------------------------------------------------------------------------ in process
 
 
-def _bad(capsys, argv, *needles):
+def _assert_usage_error(capsys, argv, *needles):
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     assert rc == 2, (out, err)
@@ -144,20 +144,20 @@ def _bad(capsys, argv, *needles):
 
 
 def test_bad_inputs(capsys, llava, clip, tmp_path):
-    _bad(capsys, ["ask", tmp_path / "missing.mp4", QUESTION, "--model", llava], "missing.mp4", "no such file")
+    _assert_usage_error(capsys, ["ask", tmp_path / "missing.mp4", QUESTION, "--model", llava], "missing.mp4", "no such file")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    _bad(capsys, ["ask", empty, QUESTION, "--model", llava], "empty.mp4", "empty (0 bytes)")
+    _assert_usage_error(capsys, ["ask", empty, QUESTION, "--model", llava], "empty.mp4", "empty (0 bytes)")
     folder = tmp_path / "no_images"
     folder.mkdir()
-    _bad(capsys, ["ask", folder, QUESTION, "--model", llava], "no_images", "no images")
-    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--retention", "0"], "--retention", "(0, 1]")
-    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--retention", "1.5"], "--retention")
-    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--frames", "0"], "--frames", ">= 1")
-    _bad(capsys, ["ask", clip, QUESTION, "--model", tmp_path / "nomodel"], "--model", "no such directory")
-    _bad(capsys, ["ask", clip, QUESTION], "--model")  # required
-    _bad(capsys, ["demo", "--frames", "0"], "--frames")
-    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--save-map", tmp_path / "map.jpg"], ".png")
+    _assert_usage_error(capsys, ["ask", folder, QUESTION, "--model", llava], "no_images", "no images")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", llava, "--retention", "0"], "--retention", "(0, 1]")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", llava, "--retention", "1.5"], "--retention")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", llava, "--frames", "0"], "--frames", ">= 1")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", tmp_path / "nomodel"], "--model", "no such directory")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION], "--model")  # required
+    _assert_usage_error(capsys, ["demo", "--frames", "0"], "--frames")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", llava, "--save-map", tmp_path / "map.jpg"], ".png")
 
 
 def test_model_dir_without_weights(capsys, llava, clip, tmp_path):
@@ -166,7 +166,7 @@ def test_model_dir_without_weights(capsys, llava, clip, tmp_path):
     for f in os.listdir(llava):
         if not f.endswith((".safetensors", ".bin")):
             (d / f).write_bytes(open(os.path.join(llava, f), "rb").read())
-    line = _bad(capsys, ["ask", clip, QUESTION, "--model", d], "weights")
+    line = _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", d], "weights")
     assert "noweights" in line
 
 
@@ -222,4 +222,4 @@ def test_ask_time_range(capsys, llava, clip):
     assert main(argv) == 0
     rec = json.loads(capsys.readouterr().out)
     assert rec["frames"] == 3
-    _bad(capsys, ["ask", clip, QUESTION, "--model", llava, "--start", "0.8", "--end", "0.2"], "end")
+    _assert_usage_error(capsys, ["ask", clip, QUESTION, "--model", llava, "--start", "0.8", "--end", "0.2"], "end")

@@ -151,11 +151,11 @@ def assert_gap(score, k_keep, valid, rel=1e-4):
             assert (s[k - 1] - s[k]) > rel * s[k - 1].abs(), f"seed gives a near-tie in frame {f}; pick another"
 
 
-def close(actual, expected, rtol, atol, msg=""):
+def assert_close(actual, expected, rtol, atol, msg=""):
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol, msg=msg or None)
 
 
-def near(a, b, tol=1e-6):
+def assert_near(a, b, tol=1e-6):
     """``a`` equals ``b`` (a tensor or nested list) within ``tol``: for the exact-tie cases."""
     torch.testing.assert_close(a.double(), torch.as_tensor(b).double(), rtol=tol, atol=tol)
 

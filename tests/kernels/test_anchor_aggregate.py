@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import vista_kernels as vk
-from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, T, TIE_GAP, VALID, X, case_data, case_oracle,
-                                 close, full_valid, impl_of, keep_subset, kernel_devices, make_keep, make_valid, make_x,
-                                 malformed_calls, near, with_value)
+from tests.kernels.cases import (BOOL, CASES_P, F, FP32_TOL, IMPLS, N, T, TIE_GAP, VALID, X, assert_close, assert_near,
+                                 case_data, case_oracle, full_valid, impl_of, keep_subset, kernel_devices, make_keep,
+                                 make_valid, make_x, malformed_calls, with_value)
 from tests.kernels.oracle import oracle_anchor_aggregate
 from vista_kernels.ops import anchor_aggregate as aa
 from vista_kernels.reference import anchor_aggregate_torch
@@ -147,7 +147,7 @@ def test_anchor_aggregate_vs_oracle_exact(which, case, alpha):
     assert assign.dtype == torch.int64 and tuple(assign.shape) == tuple(x.shape[:2])
     exp_out, exp_assign = oracle_anchor_aggregate(x, keep, alpha, valid)
     assert torch.equal(assign, exp_assign)
-    close(out, exp_out, **FP32_TOL)
+    assert_close(out, exp_out, **FP32_TOL)
     # Rows that are not kept anchors with a non-empty cluster are bit-identical to the input.
     has_members = torch.zeros_like(keep)
     for f in range(x.shape[0]):
@@ -169,8 +169,8 @@ def test_anchor_aggregate_known_values(which):
     keep = torch.tensor([[True, False, False, True, False]])
     out, assign = impl_of(which, "anchor_aggregate")(x, keep, alpha=0.25)
     assert assign.tolist() == [[0, 0, 0, 3, 3]]
-    close(out[0, 0], torch.tensor([0.125, 0.375]), rtol=0, atol=1e-7)  # 0.75*0 + 0.25*mean((1,0),(0,3))
-    close(out[0, 3], torch.tensor([10.5, 0.5]), rtol=0, atol=1e-6)  # 0.75*(10,0) + 0.25*(12,2)
+    assert_close(out[0, 0], torch.tensor([0.125, 0.375]), rtol=0, atol=1e-7)  # 0.75*0 + 0.25*mean((1,0),(0,3))
+    assert_close(out[0, 3], torch.tensor([10.5, 0.5]), rtol=0, atol=1e-6)  # 0.75*(10,0) + 0.25*(12,2)
     assert torch.equal(out[0, [1, 2, 4]], x[0, [1, 2, 4]])
 
 
@@ -247,12 +247,12 @@ def test_equidistant_anchor_goes_to_lower_index(which, name, alpha):
     assert assign.tolist() == [expected_assign]
     exp_out, exp_assign = oracle_anchor_aggregate(x, keep, alpha)
     assert torch.equal(assign, exp_assign)
-    near(out, exp_out)
+    assert_near(out, exp_out)
     # hand-derived blend: anchor a <- (1 - alpha) x_a + alpha * mean(its dropped tokens)
     for a in set(dropped_to.values()):
         members = [j for j, b in dropped_to.items() if b == a]
         mean = x[0, members].mean(0)
-        near(out[0, a], (1 - alpha) * x[0, a] + alpha * mean)
+        assert_near(out[0, a], (1 - alpha) * x[0, a] + alpha * mean)
     # every other row bit-identical
     untouched = [i for i in range(n) if i not in dropped_to.values()]
     assert torch.equal(out[0, untouched], x[0, untouched])
@@ -266,7 +266,7 @@ def test_equidistant_anchor_with_invalid_tokens(which):
     out, assign = impl_of(which, "anchor_aggregate")(x, keep, alpha=0.5, valid=valid)
     assert assign.tolist() == [[-1, 2, 2, 3]]
     assert torch.equal(out[0, 0], x[0, 0])
-    near(out[0, 2], [0.5, 0, 0, 0])
+    assert_near(out[0, 2], [0.5, 0, 0, 0])
 
 
 

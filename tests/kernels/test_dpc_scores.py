@@ -16,8 +16,8 @@ import torch
 import vista_kernels as vk
 import vista_kernels.reference as R
 from tests.kernels.cases import (BOOL, CASES, CASES_P, CASE_IDS, D, F, FP32_TOL, IMPLS, N, RHO_GAP, T, TIE_GAP, VALID,
-                                 X, assert_gap, case_data, case_oracle, close, full_valid, impl_of, kernel_devices,
-                                 make_tokens, make_x, malformed_calls, near, topk_boundary_gap, with_value)
+                                 X, assert_close, assert_gap, assert_near, case_data, case_oracle, full_valid, impl_of,
+                                 kernel_devices, make_tokens, make_x, malformed_calls, topk_boundary_gap, with_value)
 from tests.kernels.oracle import (
     oracle_dpc_delta,
     oracle_dpc_gamma,
@@ -246,7 +246,7 @@ def test_knn_density_vs_oracle(which, case):
     rho = impl_of(which, "knn_density")(x, k=k, valid=valid)
     assert rho.dtype == torch.float32 and tuple(rho.shape) == tuple(x.shape[:2])
     rho_o, _, _ = case_oracle(case)
-    close(rho, rho_o, **FP32_TOL)
+    assert_close(rho, rho_o, **FP32_TOL)
     v = full_valid(valid, x)
     assert bool((rho[~v] == 0).all()), "invalid rows must be exactly 0"
     assert bool((rho[v] > 0).all() & (rho[v] <= 1).all())
@@ -261,7 +261,7 @@ def test_knn_density_lone_token_is_one(which):
     out = impl_of(which, "knn_density")(x, k=7, valid=valid)
     assert out[0, 3].item() == 1.0
     assert bool((out[0, [0, 1, 2, 4]] == 0).all()) and bool((out[2] == 0).all())
-    close(out, oracle_knn_density(x, 7, valid), **FP32_TOL)
+    assert_close(out, oracle_knn_density(x, 7, valid), **FP32_TOL)
 
 
 @IMPLS
@@ -270,7 +270,7 @@ def test_knn_density_k_values(which, k):
     case = (2, 17, 16, "mixed", k)
     x, valid = case_data(case)
     out = impl_of(which, "knn_density")(x, k=k, valid=valid)
-    close(out, oracle_knn_density(x, k, valid), **FP32_TOL)
+    assert_close(out, oracle_knn_density(x, k, valid), **FP32_TOL)
 
 
 @IMPLS
@@ -280,7 +280,7 @@ def test_dpc_delta_vs_oracle(which, case):
     rho = R.knn_density_torch(x, k=case[4], valid=valid)  # the same fp32 rho for both sides
     delta = impl_of(which, "dpc_delta")(x, rho, valid=valid)
     assert delta.dtype == torch.float32 and tuple(delta.shape) == tuple(x.shape[:2])
-    close(delta, oracle_dpc_delta(x, rho, valid), **FP32_TOL)
+    assert_close(delta, oracle_dpc_delta(x, rho, valid), **FP32_TOL)
     v = full_valid(valid, x)
     assert bool((delta[~v] == 0).all())
 
@@ -298,7 +298,7 @@ def test_dpc_delta_arbitrary_rho(which, rho_kind):
     elif rho_kind == "invalid-garbage":
         rho = rho.masked_fill(~valid, 5.0)  # huge rho on invalid tokens must not make them "denser"
     delta = impl_of(which, "dpc_delta")(x, rho, valid=valid)
-    close(delta, oracle_dpc_delta(x, rho.float(), valid), **FP32_TOL)
+    assert_close(delta, oracle_dpc_delta(x, rho.float(), valid), **FP32_TOL)
 
 
 @IMPLS
@@ -310,7 +310,7 @@ def test_dpc_gamma_vs_oracle(which, case):
     assert_rho_tie_free(rho_o, v)
     gamma = impl_of(which, "dpc_gamma")(x, valid=valid, k=case[4])
     assert gamma.dtype == torch.float32
-    close(gamma, gamma_o, **FP32_TOL)
+    assert_close(gamma, gamma_o, **FP32_TOL)
     assert bool((gamma[~v] == 0).all())
 
 
@@ -338,8 +338,8 @@ def test_dpc_gamma_two_tokens(which):
     gamma = impl_of(which, "dpc_gamma")(x, k=7)
     d = oracle_pairwise_dist(x)[:, 0, 1]
     expected = (torch.exp(-d * d) * d)[:, None].expand(3, 2)
-    close(gamma, expected, **FP32_TOL)
-    close(gamma, oracle_dpc_gamma(x, None, 7), **FP32_TOL)
+    assert_close(gamma, expected, **FP32_TOL)
+    assert_close(gamma, oracle_dpc_gamma(x, None, 7), **FP32_TOL)
 
 
 @IMPLS
@@ -395,19 +395,19 @@ def test_tied_densities_on_a_line(which, name):
     points, delta_hand, order_hand = LINE_CASES[name]
     x = on_line(points)
     rho = impl_of(which, "knn_density")(x, k=2)
-    near(rho[0], LINE_RHO[name])
+    assert_near(rho[0], LINE_RHO[name])
     # exact ties in the reference itself (the tie rule only applies to equal fp32 values)
     for group in ([i for i, r in enumerate(LINE_RHO[name]) if r == E25], [i for i, r in enumerate(LINE_RHO[name]) if r == E625]):
         assert len(set(rho[0, group].tolist())) == 1, f"rho of {group} should be exactly equal"
-    near(rho, oracle_knn_density(x, 2))
+    assert_near(rho, oracle_knn_density(x, 2))
 
     delta = impl_of(which, "dpc_delta")(x, rho)
-    near(delta[0], delta_hand)
-    near(delta, oracle_dpc_delta(x, rho))
+    assert_near(delta[0], delta_hand)
+    assert_near(delta, oracle_dpc_delta(x, rho))
 
     gamma = impl_of(which, "dpc_gamma")(x, k=2)
-    near(gamma[0], [r * d for r, d in zip(LINE_RHO[name], delta_hand)])
-    near(gamma, oracle_dpc_gamma(x, None, 2))
+    assert_near(gamma[0], [r * d for r, d in zip(LINE_RHO[name], delta_hand)])
+    assert_near(gamma, oracle_dpc_gamma(x, None, 2))
 
     for kk in range(len(points) + 1):
         sel = impl_of(which, "dpc_select")(x, kk, k=2)
@@ -436,15 +436,15 @@ def test_duplicated_tokens(which, k):
     x = _integer_tokens_with_duplicates()
     rho = impl_of(which, "knn_density")(x, k=k)
     assert rho[0, 2] == rho[0, 6] == rho[0, 8] and rho[0, 0] == rho[0, 7]
-    near(rho, oracle_knn_density(x, k))
+    assert_near(rho, oracle_knn_density(x, k))
     delta = impl_of(which, "dpc_delta")(x, rho)
     # a duplicate of a lower-index token with the same density has that token as a denser neighbour
     assert delta[0, 6] == 0 and delta[0, 8] == 0 and delta[0, 7] == 0
     assert bool((delta[0, [0, 1, 2, 3, 4, 5, 9]] > 0).all())
-    near(delta, oracle_dpc_delta(x, rho))
+    assert_near(delta, oracle_dpc_delta(x, rho))
     gamma = impl_of(which, "dpc_gamma")(x, k=k)
     assert bool((gamma[0, [6, 7, 8]] == 0).all())
-    near(gamma, oracle_dpc_gamma(x, None, k))
+    assert_near(gamma, oracle_dpc_gamma(x, None, k))
     # keeping 7 of 10 drops exactly the three duplicates; keeping 8 adds the lowest-index one (6)
     sel = impl_of(which, "dpc_select")(x, 7, k=k)
     assert sel[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4, 5, 9]
@@ -482,20 +482,20 @@ def test_delta_with_user_tied_rho(which):
     rho = torch.ones(1, 4)
     delta = impl_of(which, "dpc_delta")(x, rho)
     assert delta.tolist() == [[4.0, 3.0, 1.0, 1.0]]
-    near(delta, oracle_dpc_delta(x, rho))
+    assert_near(delta, oracle_dpc_delta(x, rho))
     # tokens 1, 2 tied on top (peak 1: delta = max(3, 2, 1) = 3; 2: denser {1} -> 2);
     # 0, 3 tied below (0: denser {1, 2} -> 1; 3: denser {0, 1, 2} -> min(4, 1, 3) = 1).
     rho = torch.tensor([[0.5, 0.7, 0.7, 0.5]])
     delta = impl_of(which, "dpc_delta")(x, rho)
     assert delta.tolist() == [[1.0, 3.0, 2.0, 1.0]]
-    near(delta, oracle_dpc_delta(x, rho))
+    assert_near(delta, oracle_dpc_delta(x, rho))
     # an invalid token with the highest rho and lowest index is nobody's denser neighbour, nor part
     # of the peak's farthest distance: peak 1 -> max(d to 2, d to 3) = 2; 2 -> 2; 3 -> min(1, 3) = 1.
     valid = torch.tensor([[False, True, True, True]])
     rho = torch.tensor([[0.9, 0.5, 0.5, 0.5]])
     delta = impl_of(which, "dpc_delta")(x, rho, valid=valid)
     assert delta.tolist() == [[0.0, 2.0, 2.0, 1.0]]
-    near(delta, oracle_dpc_delta(x, rho, valid))
+    assert_near(delta, oracle_dpc_delta(x, rho, valid))
 
 
 def test_symmetric_density_tie_goes_to_lower_index():

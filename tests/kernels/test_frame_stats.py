@@ -11,8 +11,8 @@ import torch
 
 import vista_kernels as vk
 import vista_kernels.reference as R
-from tests.kernels.cases import (CASES_P, D, F, FP32_TOL, IMPLS, N, T, X, case_data, close, impl_of, kernel_devices,
-                                 make_x, malformed_calls)
+from tests.kernels.cases import (CASES_P, D, F, FP32_TOL, IMPLS, N, T, X, assert_close, case_data, impl_of,
+                                 kernel_devices, make_x, malformed_calls)
 from tests.kernels.oracle import oracle_frame_cosine, oracle_frame_means
 from vista_kernels.ops import frame_stats as fs
 from vista_kernels.reference import frame_cosine_torch, frame_means_torch
@@ -127,7 +127,7 @@ def test_frame_cosine_vs_oracle(which, case):
     x, valid = case_data(case)
     out = impl_of(which, "frame_cosine")(x, valid=valid)
     assert out.dtype == torch.float32 and tuple(out.shape) == (x.shape[0] - 1,)
-    close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
+    assert_close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
 
 
 @IMPLS
@@ -138,7 +138,7 @@ def test_frame_cosine_empty_frame_gives_zero(which):
     out = impl_of(which, "frame_cosine")(x, valid=valid)
     assert out[1].item() == 0.0 and out[2].item() == 0.0
     assert out[0].item() != 0.0
-    close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
+    assert_close(out, oracle_frame_cosine(x, valid), **FP32_TOL)
     # Zero tokens (zero-norm means) -> 0 as well, not NaN.
     z = torch.zeros(3, 4, 2)
     assert torch.equal(impl_of(which, "frame_cosine")(z), torch.zeros(2))
@@ -150,7 +150,7 @@ def test_frame_cosine_tiny_norm_means():
     x[1, 0, 0] = 2e-7
     out = R.frame_cosine_torch(x)
     assert out.item() in (0.0, 1.0) or abs(out.item() - 1.0) < 1e-5, out
-    close(out, oracle_frame_cosine(x), **FP32_TOL)
+    assert_close(out, oracle_frame_cosine(x), **FP32_TOL)
 
 
 @IMPLS
@@ -168,7 +168,7 @@ def test_frame_cosine_known_values(which):
     x[2, :, 1] = 1.0
     x[3, :, 1] = -3.0
     out = impl_of(which, "frame_cosine")(x)
-    close(out, torch.tensor([1.0, 0.0, -1.0]), rtol=0, atol=1e-6)
+    assert_close(out, torch.tensor([1.0, 0.0, -1.0]), rtol=0, atol=1e-6)
 
 
 

@@ -15,8 +15,8 @@ import vista
 import vista_kernels as vk
 import vista_kernels.reference as R
 import vista_kernels.reference._common as common
-from tests.kernels.cases import (IMPLS, assert_gap, case_data, case_oracle, close, full_valid, impl_of, kernel_devices,
-                                 make_keep, make_tokens, make_valid, make_x, topk_boundary_gap)
+from tests.kernels.cases import (IMPLS, assert_close, assert_gap, case_data, case_oracle, full_valid, impl_of,
+                                 kernel_devices, make_keep, make_tokens, make_valid, make_x, topk_boundary_gap)
 from tests.kernels.oracle import (
     oracle_anchor_aggregate,
     oracle_dpc_delta,
@@ -190,14 +190,14 @@ def test_low_precision_inputs_vs_oracle(which, dtype, case):
     rho_o, gamma_o, dist = case_oracle(case, dtype)  # oracle on the rounded values, upcast to fp64
     tol = dict(rtol=1e-3, atol=1e-4)
 
-    close(impl_of(which, "frame_cosine")(x, valid=valid), oracle_frame_cosine(x, valid), **tol)
+    assert_close(impl_of(which, "frame_cosine")(x, valid=valid), oracle_frame_cosine(x, valid), **tol)
     rho = impl_of(which, "knn_density")(x, k=k, valid=valid)
     assert rho.dtype == torch.float32
-    close(rho, rho_o, **tol)
+    assert_close(rho, rho_o, **tol)
     delta = impl_of(which, "dpc_delta")(x, rho, valid=valid)
-    close(delta, oracle_dpc_delta(x, rho, valid), **tol)
+    assert_close(delta, oracle_dpc_delta(x, rho, valid), **tol)
     gamma = impl_of(which, "dpc_gamma")(x, valid=valid, k=k)
-    close(gamma, oracle_dpc_gamma(x, valid, k, order_rho=rho), **tol)
+    assert_close(gamma, oracle_dpc_gamma(x, valid, k, order_rho=rho), **tol)
 
     k_keep = torch.div(v.sum(1), 3, rounding_mode="floor")
     sel = impl_of(which, "dpc_select")(x, k_keep, valid=valid, k=k)
@@ -208,7 +208,7 @@ def test_low_precision_inputs_vs_oracle(which, dtype, case):
     assert out.dtype == dtype
     check_assign(assign, dist, keep, v, tie_tol=1e-4)
     exp_out, _ = oracle_anchor_aggregate(x, keep, 0.5, valid, assign=assign)
-    close(out, exp_out, rtol=OUT_RTOL[dtype], atol=1e-5)
+    assert_close(out, exp_out, rtol=OUT_RTOL[dtype], atol=1e-5)
 
 
 @IMPLS
@@ -317,18 +317,18 @@ def test_property_all_ops_vs_oracle(F, N, D, k, seed, p_valid, alpha, dtype, pub
     e2 = 64 * 2.0**-23 * (1.0 + max_sq) / D
     e1 = math.sqrt(e2) + 1e-6
 
-    close(impl_of(which, "frame_cosine")(x, valid=valid), oracle_frame_cosine(x, valid), rtol=1e-4, atol=1e-5)
+    assert_close(impl_of(which, "frame_cosine")(x, valid=valid), oracle_frame_cosine(x, valid), rtol=1e-4, atol=1e-5)
 
     rho = impl_of(which, "knn_density")(x, k=k, valid=valid)
-    close(rho, oracle_knn_density(x, k, valid), rtol=1e-5, atol=e2 + 1e-6)
+    assert_close(rho, oracle_knn_density(x, k, valid), rtol=1e-5, atol=e2 + 1e-6)
     assert bool((rho[~v] == 0).all())
 
     delta = impl_of(which, "dpc_delta")(x, rho, valid=valid)
-    close(delta, oracle_dpc_delta(x, rho, valid), rtol=1e-5, atol=e1)
+    assert_close(delta, oracle_dpc_delta(x, rho, valid), rtol=1e-5, atol=e1)
 
     gamma = impl_of(which, "dpc_gamma")(x, valid=valid, k=k)
     gamma_o = oracle_dpc_gamma(x, valid, k, order_rho=rho)
-    close(gamma, gamma_o, rtol=1e-5, atol=e1)
+    assert_close(gamma, gamma_o, rtol=1e-5, atol=e1)
 
     n_valid = v.sum(1)
     k_keep = torch.tensor([data.draw(st.integers(0, int(n))) for n in n_valid], dtype=torch.int64)
@@ -340,7 +340,7 @@ def test_property_all_ops_vs_oracle(F, N, D, k, seed, p_valid, alpha, dtype, pub
     out, assign = impl_of(which, "anchor_aggregate")(x, keep, alpha=alpha, valid=valid)
     check_assign(assign, oracle_pairwise_dist(x), keep, v, tie_tol=2 * e1)
     exp_out, _ = oracle_anchor_aggregate(x, keep, alpha, valid, assign=assign)
-    close(out, exp_out, rtol=OUT_RTOL[dtype], atol=1e-5)
+    assert_close(out, exp_out, rtol=OUT_RTOL[dtype], atol=1e-5)
 
 
 

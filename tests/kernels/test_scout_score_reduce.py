@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vista_kernels as vk
-from tests.kernels.cases import IMPLS, T, close, impl_of, kernel_devices, malformed_calls
+from tests.kernels.cases import IMPLS, T, assert_close, impl_of, kernel_devices, malformed_calls
 from tests.kernels.oracle import oracle_scout_score_reduce
 from vista_kernels.ops import scout_score_reduce as sr
 from vista_kernels.reference import scout_score_reduce_torch
@@ -48,7 +48,7 @@ def test_scout_score_reduce_vs_oracle(which, dtype):
     attn = torch.softmax(torch.randn(2, 3, 5, 17, generator=g), dim=-1).to(dtype)
     out = impl_of(which, "scout_score_reduce")(attn)
     assert out.dtype == torch.float32 and tuple(out.shape) == (2, 17)
-    close(out, oracle_scout_score_reduce(attn), rtol=1e-5, atol=1e-6)
+    assert_close(out, oracle_scout_score_reduce(attn), rtol=1e-5, atol=1e-6)
 
 
 
